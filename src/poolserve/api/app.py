@@ -1,0 +1,78 @@
+"""The FastAPI app factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+
+from .. import __version__
+from ..config import ServerConfig
+from ..serving.context import ServingContext
+from . import errors
+from .middleware import GatewayMiddleware
+from .routes import embeddings, ops, tokenize
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the hand-validated request bodies' schemas."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for path_item in schema.get("paths", {}).values():
+        for op in path_item.values():
+            model = op.pop("x-poolserve-model", None) if isinstance(op, dict) else None
+            if model is None:
+                continue
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(ctx: ServingContext, server: ServerConfig | None = None) -> FastAPI:
+    """Build the app serving ``ctx``; the engine starts and stops with the app's lifespan."""
+    server = server or ServerConfig()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not ctx.engine.alive:
+            await ctx.engine.start()
+        try:
+            yield
+        finally:
+            await ctx.engine.stop(grace=app.state.shutdown_grace)
+
+    app = FastAPI(
+        title="poolserve", version=__version__, lifespan=lifespan, root_path=server.root_path
+    )
+    app.state.ctx = ctx
+    app.state.max_request_bytes = server.max_request_bytes
+    app.state.shutdown_grace = 30.0
+    errors.install(app)
+    for module in (embeddings, tokenize, ops):
+        app.include_router(module.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    if server.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(server.allowed_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    known = {getattr(r, "path", "") for r in app.routes}
+    app.add_middleware(
+        GatewayMiddleware,
+        api_keys=server.api_key,
+        max_request_bytes=server.max_request_bytes,
+        metrics=ctx.metrics,
+        root_path=server.root_path,
+        known_paths=known,
+    )
+    return app

@@ -1,0 +1,39 @@
+"""Helpers shared by the routers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from ...serving.context import ServingContext
+
+
+def ctx_of(request: Request) -> ServingContext:
+    """The serving context the app factory stored on the app."""
+    ctx: ServingContext = request.app.state.ctx
+    return ctx
+
+
+def header_id(request: Request) -> str | None:
+    """The client's X-Request-Id, if it sent one."""
+    return request.headers.get("x-request-id")
+
+
+def json_bytes(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
+
+
+def body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """openapi_extra documenting a JSON body validated by hand (see api/body.py)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        },
+        "x-poolserve-model": model,
+    }

@@ -1,0 +1,63 @@
+"""Operational endpoints: health, ping, version, models, metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from ... import __version__
+from ._common import ctx_of
+
+router = APIRouter()
+
+
+def _health(request: Request) -> Response:
+    alive = ctx_of(request).engine.alive
+    return Response(status_code=200 if alive else 503)
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    """200 with an empty body while the engine is alive; 503 when it is not."""
+    return _health(request)
+
+
+@router.api_route("/ping", methods=["GET", "POST"])
+async def ping(request: Request) -> Response:
+    """SageMaker-style liveness: same as /health."""
+    return _health(request)
+
+
+@router.get("/version")
+async def version() -> dict[str, str]:
+    return {"version": __version__}
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    """One model card per served name."""
+    ctx = ctx_of(request)
+    cards = [
+        {
+            "id": name,
+            "object": "model",
+            "created": ctx.created,
+            "owned_by": "poolserve",
+            "root": ctx.info.path,
+            "parent": None,
+            "max_model_len": ctx.info.max_model_len,
+            "permission": [],
+        }
+        for name in ctx.served_names
+    ]
+    return {"object": "list", "data": cards}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    registry = ctx_of(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

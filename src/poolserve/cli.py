@@ -1,0 +1,153 @@
+"""The ``poolserve`` command: ``serve`` (the HTTP server) and ``embed`` (offline batch)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .config import Config, EngineConfig, ModelConfig, ServerConfig, parse_size
+from .errors import ModelLoadError
+
+
+def _json_arg(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _base_type(tp: Any) -> Any:
+    """``int | None`` -> int; ``tuple[str, ...]`` -> str."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    if typing.get_origin(tp) is tuple:
+        return typing.get_args(tp)[0]
+    return tp
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix: str) -> None:
+    """One flag per field of ``cls`` (``--field-name``), typed and documented from it."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        dest = f"{dest_prefix}.{f.name}"
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = meta.get("help", "")
+        if meta.get("positional"):
+            parser.add_argument(
+                dest, metavar=f.name.upper(), nargs="?", default=default, help=help_text
+            )
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        base = _base_type(hints[f.name])
+        if base is bool:
+            parser.add_argument(
+                flag, dest=dest, action="store_true", default=default, help=help_text
+            )
+            continue
+        kind = {"size": _size_arg, "json": _json_arg}.get(meta.get("parse", ""), base)
+        kwargs: dict[str, Any] = {"dest": dest, "default": default, "help": help_text, "type": kind}
+        if "choices" in meta:
+            kwargs["choices"] = meta["choices"]
+        if "nargs" in meta:
+            kwargs["nargs"] = meta["nargs"]
+        parser.add_argument(flag, **kwargs)
+
+
+def _config_from(args: argparse.Namespace) -> Config:
+    parts: dict[str, Any] = {}
+    for name, cls in (("model", ModelConfig), ("engine", EngineConfig), ("server", ServerConfig)):
+        values = {}
+        for f in dataclasses.fields(cls):
+            value = getattr(args, f"{name}.{f.name}")
+            if isinstance(value, list):
+                value = tuple(value)
+            if value is None and f.default is not dataclasses.MISSING:
+                value = f.default
+            values[f.name] = value
+        parts[name] = cls(**values)
+    server = parts["server"]
+    if not server.api_key and os.environ.get("POOLSERVE_API_KEY"):
+        keys = tuple(k for k in os.environ["POOLSERVE_API_KEY"].split(",") if k)
+        parts["server"] = dataclasses.replace(server, api_key=keys)
+    return Config(**parts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="poolserve", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"poolserve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="Serve a pooling model over HTTP (vLLM's API).")
+    add_dataclass_flags(serve, ModelConfig, "model")
+    add_dataclass_flags(serve, EngineConfig, "engine")
+    add_dataclass_flags(serve, ServerConfig, "server")
+    serve.add_argument(
+        "--disable-log-requests",
+        action="store_true",
+        help="Accepted for vLLM compatibility (inputs are never logged by default).",
+    )
+    return parser
+
+
+def serve(config: Config) -> int:
+    """Load the model, then run uvicorn until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from .api.app import create_app
+    from .runtime import build_context
+
+    level = config.server.uvicorn_log_level.upper()
+    logging.basicConfig(
+        level=getattr(logging, level if level != "TRACE" else "DEBUG"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not config.server.enable_log_requests:
+        logging.getLogger("poolserve.access").setLevel(logging.WARNING)
+    ctx = build_context(config)
+    app = create_app(ctx, config.server)
+    uvicorn.run(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        log_level=config.server.uvicorn_log_level,
+        ssl_keyfile=config.server.ssl_keyfile,
+        ssl_certfile=config.server.ssl_certfile,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(_config_from(args))
+    except ModelLoadError as exc:
+        print(f"poolserve: error: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

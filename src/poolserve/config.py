@@ -1,0 +1,186 @@
+"""Frozen configuration of a poolserve process.
+
+Each field carries its help text in ``metadata["help"]``; ``cli.py`` builds the
+command-line flags from these dataclasses (vLLM's flag names where vLLM has one),
+so a flag and its field can never drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+TASKS = ("auto", "embed", "classify", "score", "reward")
+CONVERTS = ("auto", "none", "embed", "classify", "reward")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What to load and how to pool it."""
+
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "A local directory, a Hugging Face id, or an installed model package. "
+            "Omitted: the packaged sentence-transformers/all-MiniLM-L6-v2.",
+            "positional": True,
+        },
+    )
+    task: str = field(
+        default="auto",
+        metadata={"help": "What the model serves; auto reads the checkpoint.", "choices": TASKS},
+    )
+    convert: str = field(
+        default="auto",
+        metadata={
+            "help": "Adapt a *ForCausalLM checkpoint to a pooling task.",
+            "choices": CONVERTS,
+        },
+    )
+    runner: str = field(
+        default="pooling",
+        metadata={
+            "help": "Accepted for vLLM compatibility; only 'pooling' exists.",
+            "choices": ("auto", "pooling"),
+        },
+    )
+    served_model_name: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Names clients may use in `model`; the first is the default.",
+            "nargs": "+",
+        },
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer path or id; defaults to the model's."}
+    )
+    revision: str | None = field(
+        default=None, metadata={"help": "Hugging Face revision (branch, tag or commit)."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom model code from the checkpoint."}
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Weights dtype; auto is bfloat16 where the hardware runs it natively "
+            "(CUDA, CPUs with AVX512-BF16 or AMX) and float32 elsewhere.",
+            "choices": DTYPES,
+        },
+    )
+    max_model_len: int | None = field(
+        default=None,
+        metadata={
+            "help": "Longest input in tokens (accepts 1k, 25.6k). Default: the model's.",
+            "parse": "size",
+        },
+    )
+    override_pooler_config: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "JSON overriding the pooler (pooling_type, "
+            "normalize, dimensions, activation, softmax, ...).",
+            "parse": "json",
+        },
+    )
+    hf_overrides: dict[str, Any] | None = field(
+        default=None, metadata={"help": "JSON merged into config.json.", "parse": "json"}
+    )
+    chat_template: str | None = field(
+        default=None, metadata={"help": "A chat template (Jinja text or a file path)."}
+    )
+    auto_truncate: bool = field(
+        default=False,
+        metadata={"help": "Truncate over-long inputs to the max length instead of a 400."},
+    )
+    device: str = field(
+        default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when present)."}
+    )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine batches and admits work."""
+
+    max_num_batched_tokens: int = field(
+        default=8192,
+        metadata={"help": "Padded tokens (rows x longest row) one forward may take."},
+    )
+    max_num_seqs: int = field(default=256, metadata={"help": "Sequences one forward may take."})
+    max_queued_requests: int = field(
+        default=1024,
+        metadata={"help": "Requests admitted (queued or running) before new ones get 429."},
+    )
+    max_client_batch_size: int = field(
+        default=4096, metadata={"help": "Inputs one request may carry (413 past it)."}
+    )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The HTTP side."""
+
+    host: str = field(default="0.0.0.0", metadata={"help": "Address to bind."})
+    port: int = field(default=8000, metadata={"help": "Port to bind."})
+    api_key: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Keys accepted as `Authorization: Bearer K` (env POOLSERVE_API_KEY).",
+            "nargs": "+",
+        },
+    )
+    root_path: str = field(default="", metadata={"help": "ASGI root path behind a proxy."})
+    allowed_origins: tuple[str, ...] = field(
+        default=(), metadata={"help": "CORS origins allowed (none by default).", "nargs": "+"}
+    )
+    uvicorn_log_level: str = field(
+        default="info",
+        metadata={
+            "help": "uvicorn's log level.",
+            "choices": ("critical", "error", "warning", "info", "debug", "trace"),
+        },
+    )
+    enable_log_requests: bool = field(
+        default=False, metadata={"help": "Log request inputs (never logged otherwise)."}
+    )
+    max_request_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata={
+            "help": "Largest request body accepted (413 past it). Accepts 64M forms.",
+            "parse": "size",
+        },
+    )
+    ssl_keyfile: str | None = field(default=None, metadata={"help": "TLS key file."})
+    ssl_certfile: str | None = field(default=None, metadata={"help": "TLS certificate file."})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a poolserve process is started with."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:i?[bB])?\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Parse ``"512"``, ``"1k"``, ``"25.6k"``, ``"64M"`` into an int (k = 1000, as vLLM).
+
+    Raises ValueError for anything else.
+    """
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r}")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    factor = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}[unit]
+    value = number * factor
+    if value != int(value):
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(value)

@@ -1,0 +1,1 @@
+"""Turning request inputs (text, token ids, chat messages) into model sequences."""

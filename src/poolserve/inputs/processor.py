@@ -1,0 +1,231 @@
+"""The tokenizer wrapper: text, token ids and chat messages -> validated sequences.
+
+Promises:
+- nothing is truncated unless the request (``truncate_prompt_tokens``) or the
+  server (``--auto-truncate``) asks; an over-long input is a 400 naming its length;
+- ``truncate_prompt_tokens=k`` keeps the first k tokens of text (special tokens
+  included in k) and the last k of token-id input; -1 means the max length;
+- token ids are checked against the vocabulary.
+
+The Hugging Face fast tokenizer mutates its truncation state per call, so calls
+are serialized with a lock; callers run these methods off the event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import InvalidRequest
+from ..models.base import InputRules, TokenSeq
+
+
+def context_error(max_len: int, n: int, purpose: str) -> InvalidRequest:
+    """vLLM's over-length message, word for word."""
+    return InvalidRequest(
+        f"This model's maximum context length is {max_len} tokens. However, you requested "
+        f"{n} tokens in the input for {purpose}. Please reduce the length of the input.",
+        param="input",
+    )
+
+
+def message_text(content: Any) -> str:
+    """Flatten OpenAI message content (a string or text parts) to one string."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.get("type") != "text":
+            raise InvalidRequest(
+                f"unsupported message content part type {part.get('type')!r}; only 'text'",
+                param="messages",
+            )
+        texts.append(str(part.get("text", "")))
+    return "\n".join(texts)
+
+
+class InputProcessor:
+    """Tokenizes and validates request inputs for one model."""
+
+    def __init__(self, tokenizer: Any, rules: InputRules) -> None:
+        self.tokenizer = tokenizer
+        self.rules = rules
+        self._lock = threading.Lock()
+        self._prompt_len = 0
+        if rules.default_prompt and rules.exclude_prompt_from_pooling:
+            self._prompt_len = self._measure_prompt(rules.default_prompt)
+
+    def _measure_prompt(self, prompt: str) -> int:
+        # As sentence-transformers: the tokenized prompt minus its trailing special token.
+        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if ids and ids[-1] in set(self.tokenizer.all_special_ids):
+            return len(ids) - 1
+        return len(ids)
+
+    def truncation_length(self, truncate_prompt_tokens: int | None) -> int | None:
+        """The k to truncate to, or None for no truncation; validates k."""
+        limit = self.rules.max_model_len
+        if truncate_prompt_tokens is None:
+            return limit if self.rules.auto_truncate else None
+        if truncate_prompt_tokens == -1:
+            return limit
+        if truncate_prompt_tokens < 1:
+            raise InvalidRequest(
+                "truncate_prompt_tokens must be -1 or a positive number of tokens",
+                param="truncate_prompt_tokens",
+            )
+        if truncate_prompt_tokens > limit:
+            raise InvalidRequest(
+                f"truncate_prompt_tokens value ({truncate_prompt_tokens}) is greater than "
+                f"max_model_len ({limit}). Please select a smaller truncation size.",
+                param="truncate_prompt_tokens",
+            )
+        return truncate_prompt_tokens
+
+    def _check_length(self, n: int, purpose: str) -> None:
+        if n > self.rules.max_model_len:
+            raise context_error(self.rules.max_model_len, n, purpose)
+        if n == 0:
+            raise InvalidRequest("an input has no tokens", param="input")
+
+    def from_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        add_special_tokens: bool = True,
+        truncate_prompt_tokens: int | None = None,
+        purpose: str = "embedding generation",
+        use_prompt: bool = True,
+    ) -> list[TokenSeq]:
+        """Tokenize plain texts (with the model's default prompt prepended)."""
+        k = self.truncation_length(truncate_prompt_tokens)
+        prompt = self.rules.default_prompt if use_prompt else None
+        batch = [prompt + t if prompt else t for t in texts]
+        if self.rules.do_lower_case:
+            batch = [t.lower() for t in batch]
+        with self._lock:
+            enc = self.tokenizer(
+                batch,
+                add_special_tokens=add_special_tokens,
+                truncation=k is not None,
+                max_length=k,
+                padding=False,
+                return_attention_mask=False,
+                return_token_type_ids=self.rules.uses_token_type_ids,
+            )
+        ids_list = enc["input_ids"]
+        types_list = enc.get("token_type_ids") if self.rules.uses_token_type_ids else None
+        prompt_len = self._prompt_len if prompt else 0
+        out = []
+        for i, ids in enumerate(ids_list):
+            self._check_length(len(ids), purpose)
+            types = tuple(types_list[i]) if types_list is not None else None
+            out.append(TokenSeq(tuple(ids), types, prompt_len))
+        return out
+
+    def from_token_ids(
+        self,
+        ids_lists: Sequence[Sequence[int]],
+        *,
+        truncate_prompt_tokens: int | None = None,
+        purpose: str = "embedding generation",
+    ) -> list[TokenSeq]:
+        """Validate pre-tokenized inputs; truncation keeps the *last* k ids."""
+        k = self.truncation_length(truncate_prompt_tokens)
+        vocab = self.rules.vocab_size
+        out = []
+        for ids in ids_lists:
+            bad = next((t for t in ids if t < 0 or t >= vocab), None)
+            if bad is not None:
+                raise InvalidRequest(
+                    f"token id {bad} is out of the vocabulary (valid ids are 0..{vocab - 1})",
+                    param="input",
+                )
+            seq = tuple(ids[-k:]) if k is not None and len(ids) > k else tuple(ids)
+            self._check_length(len(seq), purpose)
+            out.append(TokenSeq(seq))
+        return out
+
+    def render_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        chat_template: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        add_generation_prompt: bool = False,
+    ) -> str:
+        """Render OpenAI-style messages with the request's, server's or tokenizer's template."""
+        template = chat_template or self.rules.chat_template
+        if template is None and not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidRequest(
+                "this model has no chat template; send `input` instead of `messages`, or "
+                "pass `chat_template`",
+                param="messages",
+            )
+        conversation = [{**m, "content": message_text(m.get("content"))} for m in messages]
+        try:
+            with self._lock:
+                text = self.tokenizer.apply_chat_template(
+                    conversation,
+                    chat_template=template,
+                    tokenize=False,
+                    add_generation_prompt=add_generation_prompt,
+                    **(chat_template_kwargs or {}),
+                )
+        except Exception as exc:  # jinja raises many kinds; all are the request's fault
+            raise InvalidRequest(
+                f"could not render the chat template: {exc}", param="messages"
+            ) from exc
+        return str(text)
+
+    def from_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        chat_template: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        add_generation_prompt: bool = False,
+        add_special_tokens: bool = False,
+        truncate_prompt_tokens: int | None = None,
+        purpose: str = "embedding generation",
+    ) -> TokenSeq:
+        """Render messages as ONE prompt, then tokenize it (no default prompt added)."""
+        text = self.render_chat(
+            messages,
+            chat_template=chat_template,
+            chat_template_kwargs=chat_template_kwargs,
+            add_generation_prompt=add_generation_prompt,
+        )
+        return self.from_texts(
+            [text],
+            add_special_tokens=add_special_tokens,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+            purpose=purpose,
+            use_prompt=False,
+        )[0]
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``, never truncated (for /tokenize)."""
+        with self._lock:
+            enc = self.tokenizer(text, add_special_tokens=add_special_tokens, truncation=False)
+        return list(enc["input_ids"])
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """The vocabulary strings of ``ids``."""
+        with self._lock:
+            return [str(t) for t in self.tokenizer.convert_ids_to_tokens(list(ids))]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Decode ids (checked against the tokenizer's vocabulary) to text."""
+        size = len(self.tokenizer)
+        bad = next((t for t in ids if t < 0 or t >= size), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"token id {bad} is out of the vocabulary (valid ids are 0..{size - 1})",
+                param="tokens",
+            )
+        with self._lock:
+            return str(self.tokenizer.decode(list(ids)))

@@ -1,0 +1,1 @@
+"""Model loading, pooling and backends: the only layer that imports torch."""

@@ -1,0 +1,86 @@
+"""The narrow contract between the engine and a model backend. No torch here.
+
+A backend receives a :class:`Batch` of already tokenized, already validated
+sequences and returns one float32 array per sequence. Everything HTTP- or
+request-shaped stays above this line; everything tensor-shaped stays below it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSeq:
+    """One tokenized input, ready for the model.
+
+    ``prompt_len`` counts the leading instruction-prompt tokens that pooling must
+    skip (sentence-transformers' ``include_prompt=False``); 0 otherwise.
+    """
+
+    token_ids: tuple[int, ...]
+    token_type_ids: tuple[int, ...] | None = None
+    prompt_len: int = 0
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Sequences one forward pass runs together (the packer chose them)."""
+
+    sequences: Sequence[TokenSeq]
+
+    @property
+    def padded_tokens(self) -> int:
+        """Rows x longest row: the work a padded forward does."""
+        return len(self.sequences) * max((len(s) for s in self.sequences), default=0)
+
+
+class Backend(Protocol):
+    """What the engine needs from a model."""
+
+    def forward(self, batch: Batch) -> Sequence[np.ndarray]:
+        """Run one batch; return one float32 array per sequence, in batch order.
+
+        Raises on a fault; the engine fails only this batch's requests.
+        """
+        ...
+
+    def warmup(self) -> None:
+        """Run a tiny forward so the first request does not pay one-off costs."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about the served model that the serving layer needs (no tensors)."""
+
+    path: str
+    task: str  # embed | classify | score | reward
+    max_model_len: int
+    dimension: int
+    normalize: bool = True
+    matryoshka: bool = False
+    matryoshka_dimensions: tuple[int, ...] | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class InputRules:
+    """How request inputs become sequences for this model (read by ``inputs/``)."""
+
+    max_model_len: int
+    vocab_size: int
+    uses_token_type_ids: bool = False
+    default_prompt: str | None = None
+    exclude_prompt_from_pooling: bool = False
+    do_lower_case: bool = False
+    chat_template: str | None = None
+    auto_truncate: bool = False

@@ -1,0 +1,200 @@
+"""Load a model directory into a backend, an input processor and its facts."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ModelConfig
+from ..errors import ModelLoadError
+from .backend import TorchEmbeddingBackend
+from .base import InputRules, ModelInfo
+from .dtype import resolve_device, resolve_dtype
+from .pooler import load_dense
+from .resolve import resolve_model_dir
+from .st_config import POOLING_MODES, STPipeline, is_sentence_transformers_folder, read_st_pipeline
+
+log = logging.getLogger("poolserve.models")
+
+# Position embeddings of these model types start after the padding index, so two
+# rows of max_position_embeddings are unusable.
+_OFFSET_POSITION_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer", "xlm-roberta-xl"}
+_NO_LIMIT = 1_000_000  # tokenizers write ~1e30 as "no limit"
+
+
+@dataclass
+class LoadedModel:
+    """Everything the engine and the serving layer need from a loaded model."""
+
+    backend: TorchEmbeddingBackend
+    tokenizer: Any
+    rules: InputRules
+    info: ModelInfo
+
+
+def _auto_task(hf_config: Any, st: STPipeline | None) -> str:
+    archs = list(getattr(hf_config, "architectures", None) or [])
+    if st is not None:
+        return "embed"
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "classify"
+    if any("ForRewardModel" in a for a in archs):
+        return "reward"
+    return "embed"
+
+
+def _max_model_len(
+    hf_config: Any, tokenizer: Any, st: STPipeline | None, requested: int | None
+) -> int:
+    limits = []
+    max_pos = getattr(hf_config, "max_position_embeddings", None)
+    if isinstance(max_pos, int) and max_pos > 0:
+        if getattr(hf_config, "model_type", "") in _OFFSET_POSITION_TYPES:
+            max_pos -= (getattr(hf_config, "pad_token_id", 1) or 1) + 1
+        limits.append(max_pos)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < _NO_LIMIT:
+        limits.append(tok_max)
+    if st is not None and st.max_seq_length:
+        limits.append(st.max_seq_length)
+    natural = min(limits) if limits else 512
+    if requested is None:
+        return natural
+    if requested > natural and max_pos and requested > max_pos:
+        raise ModelLoadError(
+            f"--max-model-len {requested} exceeds the model's position embeddings ({max_pos})"
+        )
+    return requested
+
+
+def _pooling_from_override(
+    override: dict[str, Any] | None, modes: tuple[str, ...], normalize: bool
+) -> tuple[tuple[str, ...], bool]:
+    if not override:
+        return modes, normalize
+    kind = override.get("pooling_type")
+    if kind is not None:
+        mapped = {"CLS": "cls", "MEAN": "mean", "LAST": "lasttoken", "MAX": "max"}.get(
+            str(kind).upper()
+        )
+        if mapped is None or mapped not in POOLING_MODES:
+            raise ModelLoadError(
+                f"--override-pooler-config pooling_type {kind!r} is not supported for "
+                "embedding; use CLS, MEAN, LAST or MAX"
+            )
+        modes = (mapped,)
+    if "normalize" in override:
+        normalize = bool(override["normalize"])
+    return modes, normalize
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    """Resolve, read and load the model named by ``cfg``; raise ModelLoadError with one line."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    root = resolve_model_dir(cfg.model, cfg.revision)
+    st = read_st_pipeline(root) if is_sentence_transformers_folder(root) else None
+    model_dir = st.transformer_path if st is not None else root
+    try:
+        hf_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the model config in {model_dir}: {exc}") from exc
+    for key, value in (cfg.hf_overrides or {}).items():
+        setattr(hf_config, key, value)
+
+    task = _auto_task(hf_config, st) if cfg.task == "auto" else cfg.task
+    if task not in ("embed",):
+        raise ModelLoadError(
+            f"task {task!r} is not available in this release of poolserve; serve an "
+            "embedding model (--task embed)"
+        )
+
+    tok_source = cfg.tokenizer or str(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            tok_source,
+            trust_remote_code=cfg.trust_remote_code,
+            revision=cfg.revision if cfg.tokenizer else None,
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the tokenizer from {tok_source}: {exc}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        log.warning("tokenizer of %s is not a fast tokenizer; tokenization will be slow", root)
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        try:
+            model = AutoModel.from_pretrained(
+                model_dir, config=hf_config, attn_implementation="sdpa", **kwargs
+            )
+        except (ValueError, ImportError):  # this architecture has no SDPA path
+            model = AutoModel.from_pretrained(model_dir, config=hf_config, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the model weights in {model_dir}: {exc}") from exc
+    model = model.to(device).eval()
+
+    modes = st.pooling_modes if st is not None else ("mean",)
+    normalize = st.normalize if st is not None else True
+    modes, normalize = _pooling_from_override(cfg.override_pooler_config, modes, normalize)
+    dense = [load_dense(spec) for spec in st.dense] if st is not None else []
+    hidden = int(getattr(hf_config, "hidden_size", 0) or getattr(hf_config, "dim", 0))
+    dimension = st.dense[-1].out_features if st is not None and st.dense else hidden * len(modes)
+
+    type_vocab = getattr(hf_config, "type_vocab_size", 0) or 0
+    uses_types = type_vocab > 1 and "token_type_ids" in getattr(
+        tokenizer, "model_input_names", ["token_type_ids"]
+    )
+    max_len = _max_model_len(hf_config, tokenizer, st, cfg.max_model_len)
+    chat_template = cfg.chat_template
+    if chat_template is not None and Path(chat_template).is_file():
+        chat_template = Path(chat_template).read_text(encoding="utf-8")
+
+    rules = InputRules(
+        max_model_len=max_len,
+        vocab_size=int(getattr(hf_config, "vocab_size", len(tokenizer))),
+        uses_token_type_ids=uses_types,
+        default_prompt=st.default_prompt if st is not None else None,
+        exclude_prompt_from_pooling=st is not None and not st.include_prompt,
+        do_lower_case=st.do_lower_case if st is not None else False,
+        chat_template=chat_template,
+        auto_truncate=cfg.auto_truncate,
+    )
+    matryoshka_dims = getattr(hf_config, "matryoshka_dimensions", None)
+    info = ModelInfo(
+        path=str(root),
+        task=task,
+        max_model_len=max_len,
+        dimension=dimension,
+        normalize=normalize,
+        matryoshka=bool(getattr(hf_config, "is_matryoshka", False) or matryoshka_dims),
+        matryoshka_dimensions=tuple(matryoshka_dims) if matryoshka_dims else None,
+        dtype=str(dtype).removeprefix("torch."),
+        device=str(device),
+    )
+    backend = TorchEmbeddingBackend(
+        model,
+        pooling_modes=modes,
+        dense=dense,
+        pad_token_id=int(getattr(tokenizer, "pad_token_id", None) or 0),
+        uses_token_type_ids=uses_types,
+        device=device,
+    )
+    log.info(
+        "loaded %s: task=%s dtype=%s device=%s max_model_len=%d dim=%d pooling=%s%s",
+        root,
+        task,
+        info.dtype,
+        device,
+        max_len,
+        dimension,
+        "+".join(modes),
+        " normalize" if normalize else "",
+    )
+    return LoadedModel(backend=backend, tokenizer=tokenizer, rules=rules, info=info)
+
+
+__all__ = ["LoadedModel", "load_model"]

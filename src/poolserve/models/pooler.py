@@ -1,0 +1,104 @@
+"""Pooling of token states into one vector per sequence, and the post-pooling steps.
+
+The maths follows sentence-transformers' Pooling module exactly (same masks, same
+accumulation dtype, same order of concatenated modes), so vectors match it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ModelLoadError
+from .st_config import DenseSpec
+
+
+def exclude_prompt(mask: Tensor, prompt_lens: Tensor) -> Tensor:
+    """Zero the first ``prompt_lens[i]`` real tokens of row i (left padding aware)."""
+    pad = mask.to(torch.int32).argmax(dim=1)
+    positions = torch.arange(mask.size(1), device=mask.device).unsqueeze(0)
+    return mask.masked_fill(positions < (pad + prompt_lens).unsqueeze(1), 0)
+
+
+def pool(
+    hidden: Tensor,
+    mask: Tensor,
+    modes: tuple[str, ...],
+    prompt_lens: Tensor | None = None,
+) -> Tensor:
+    """Pool ``hidden`` [B, T, H] under ``mask`` [B, T] into [B, H * len(modes)], float32.
+
+    ``prompt_lens`` (one int per row) excludes that many leading tokens from pooling,
+    as sentence-transformers does when its Pooling has ``include_prompt=False``.
+    """
+    original = mask
+    if prompt_lens is not None and bool((prompt_lens > 0).any()):
+        mask = exclude_prompt(mask, prompt_lens)
+    hidden = hidden.float()
+    maskf = mask.unsqueeze(-1).to(hidden.dtype)
+    out: list[Tensor] = []
+    for mode in modes:
+        if mode == "cls":
+            first = mask.to(torch.int32).argmax(dim=1)
+            out.append(hidden[torch.arange(hidden.size(0), device=hidden.device), first])
+        elif mode == "max":
+            out.append(hidden.masked_fill(maskf == 0, float("-inf")).max(dim=1).values)
+        elif mode in ("mean", "mean_sqrt_len_tokens"):
+            total = (hidden * maskf).sum(dim=1)
+            count = maskf.sum(dim=1).clamp(min=1e-9)
+            out.append(total / (count if mode == "mean" else count.sqrt()))
+        elif mode == "weightedmean":
+            weights = torch.arange(1, hidden.size(1) + 1, device=hidden.device, dtype=hidden.dtype)
+            pad = original.to(torch.int32).argmax(dim=1)
+            weights = weights.view(1, -1, 1) - pad.view(-1, 1, 1)
+            wmask = maskf * weights
+            out.append((hidden * wmask).sum(dim=1) / wmask.sum(dim=1).clamp(min=1e-9))
+        elif mode == "lasttoken":
+            seq_len = hidden.size(1)
+            values, idx = mask.flip(1).max(1)
+            idx = torch.where(values == 0, seq_len - 1, idx)
+            last = seq_len - idx - 1
+            out.append((hidden * maskf)[torch.arange(hidden.size(0), device=hidden.device), last])
+        else:  # st_config validated modes at load time
+            raise ValueError(f"unknown pooling mode {mode!r}")
+    return torch.cat(out, dim=-1)
+
+
+def _activation(name: str) -> nn.Module:
+    """Instantiate a torch activation named by its dotted class path (torch.* only)."""
+    if not name.startswith("torch."):
+        raise ModelLoadError(f"untrusted Dense activation {name!r}: only torch.* classes load")
+    module_name, _, cls_name = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(f"unknown Dense activation {name!r}") from exc
+    return cls()
+
+
+def load_dense(spec: DenseSpec) -> nn.Module:
+    """Build a sentence-transformers Dense module (Linear + activation) from its folder."""
+    linear = nn.Linear(spec.in_features, spec.out_features, bias=spec.bias)
+    st_file = spec.path / "model.safetensors"
+    bin_file = spec.path / "pytorch_model.bin"
+    if st_file.is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(st_file))
+    elif bin_file.is_file():
+        state = torch.load(str(bin_file), map_location="cpu", weights_only=True)
+    else:
+        raise ModelLoadError(f"Dense module {spec.path} has no weights file")
+    state = {k.removeprefix("linear."): v for k, v in state.items()}
+    try:
+        linear.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"Dense module {spec.path}: {exc}") from exc
+    return nn.Sequential(linear, _activation(spec.activation))
+
+
+def normalize_rows(x: Tensor) -> Tensor:
+    """L2-normalize each row (zero rows stay zero)."""
+    return nn.functional.normalize(x, p=2, dim=-1)

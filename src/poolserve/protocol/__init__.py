@@ -1,0 +1,1 @@
+"""Pydantic wire types: the contract with vLLM clients. No torch here."""

@@ -1,0 +1,30 @@
+"""POST /v1/embeddings and POST /pooling requests."""
+
+from __future__ import annotations
+
+from pydantic import StrictBool, StrictInt, StrictStr
+
+from .common import (
+    ActivationSwitches,
+    ChatFields,
+    EncodingFormat,
+    PromptInput,
+    Request,
+    TruncateTokens,
+)
+
+
+class EmbeddingRequest(Request, ActivationSwitches, ChatFields):
+    """Completion form (``input``) or chat form (``messages``); exactly one of them."""
+
+    input: PromptInput | None = None
+    encoding_format: EncodingFormat = "float"
+    dimensions: StrictInt | None = None
+    truncate_prompt_tokens: TruncateTokens = None
+    add_special_tokens: StrictBool | None = None
+
+
+class PoolingRequest(EmbeddingRequest):
+    """As embeddings, plus the newer ``task`` field."""
+
+    task: StrictStr | None = None

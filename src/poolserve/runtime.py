@@ -1,0 +1,52 @@
+"""Assemble a served model: load it, wrap it in an engine, build the serving context.
+
+This is where the layers meet (the CLI, the offline API and the tests call it), so
+no lower layer has to import a higher one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .config import DEFAULT_MODEL_NAME, Config
+from .engine import Engine
+from .inputs.processor import InputProcessor
+from .metrics import Metrics
+from .serving.context import ServingContext
+
+log = logging.getLogger("poolserve")
+
+
+def served_names(config: Config) -> tuple[str, ...]:
+    """``--served-model-name`` values, else the model argument, else the default's name."""
+    if config.model.served_model_name:
+        return tuple(config.model.served_model_name)
+    return (config.model.model or DEFAULT_MODEL_NAME,)
+
+
+def build_context(config: Config) -> ServingContext:
+    """Load the model of ``config`` and return a ready (not yet started) serving context.
+
+    Raises ModelLoadError with a one-line message when the model cannot be loaded.
+    """
+    from .models.loader import load_model  # torch is imported only from here down
+
+    loaded = load_model(config.model)
+    loaded.backend.warmup()
+    names = served_names(config)
+    metrics = Metrics(names[0])
+    engine = Engine(
+        loaded.backend,
+        max_num_batched_tokens=config.engine.max_num_batched_tokens,
+        max_num_seqs=config.engine.max_num_seqs,
+        max_queued_requests=config.engine.max_queued_requests,
+        observer=metrics,
+    )
+    return ServingContext(
+        engine=engine,
+        processor=InputProcessor(loaded.tokenizer, loaded.rules),
+        info=loaded.info,
+        served_names=names,
+        metrics=metrics,
+        max_client_batch_size=config.engine.max_client_batch_size,
+    )

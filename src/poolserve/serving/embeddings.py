@@ -1,0 +1,142 @@
+"""POST /v1/embeddings and POST /pooling for embedding models."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidRequest
+from ..models.post import finish_embeddings
+from ..protocol.embeddings import EmbeddingRequest, PoolingRequest
+from .context import ServingContext, dump_json, response_id, usage
+from .prompts import sequences_for
+
+_POOLING_TASKS = ("embed",)
+
+
+def _normalize_flag(ctx: ServingContext, req: EmbeddingRequest) -> bool:
+    """Resolve the activation switches that apply to embeddings; 400 on the others."""
+    for name in ("activation", "softmax"):
+        if getattr(req, name) is not None:
+            raise InvalidRequest(
+                f"`{name}` does not apply to embedding models; use `normalize`", param=name
+            )
+    if (
+        req.normalize is not None
+        and req.use_activation is not None
+        and req.normalize != req.use_activation
+    ):
+        raise InvalidRequest("`normalize` and `use_activation` disagree", param="normalize")
+    for value in (req.normalize, req.use_activation):
+        if value is not None:
+            return value
+    return ctx.info.normalize
+
+
+def _dimensions(ctx: ServingContext, req: EmbeddingRequest, model: str) -> int | None:
+    d = req.dimensions
+    if d is None:
+        return None
+    info = ctx.info
+    if not info.matryoshka:
+        raise InvalidRequest(
+            f'Model "{model}" does not support matryoshka representation, changing output '
+            "dimensions will lead to poor results.",
+            param="dimensions",
+        )
+    if d < 1:
+        raise InvalidRequest(f"dimensions must be at least 1, got {d}", param="dimensions")
+    if info.matryoshka_dimensions and d not in info.matryoshka_dimensions:
+        raise InvalidRequest(
+            f'Model "{model}" only supports {list(info.matryoshka_dimensions)} for matryoshka '
+            f"representation, got {d}",
+            param="dimensions",
+        )
+    if d > info.dimension:
+        raise InvalidRequest(
+            f"dimensions ({d}) is larger than the model's embedding size ({info.dimension})",
+            param="dimensions",
+        )
+    return d
+
+
+def _check_priority(req: EmbeddingRequest) -> None:
+    if req.priority != 0:
+        raise InvalidRequest(
+            "priority scheduling is not enabled on this server; send priority 0",
+            param="priority",
+        )
+
+
+async def _embed(
+    ctx: ServingContext, req: EmbeddingRequest, purpose: str, dimensions: int | None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    normalize = _normalize_flag(ctx, req)
+    _check_priority(req)
+    seqs = await sequences_for(ctx, req, purpose)
+    outputs = await ctx.engine.submit(seqs)
+    vectors = finish_embeddings(np.stack(outputs), dimensions=dimensions, normalize=normalize)
+    return vectors, usage(seqs)
+
+
+def _encode(vectors: np.ndarray, encoding_format: str) -> list[Any]:
+    if encoding_format == "base64":
+        # Little-endian float32 bytes, as the openai SDK decodes them.
+        raw = vectors.astype("<f4", copy=False)
+        return [base64.b64encode(row.tobytes()).decode("ascii") for row in raw]
+    return list(vectors)
+
+
+async def create_embeddings(
+    ctx: ServingContext, req: EmbeddingRequest, header_id: str | None
+) -> bytes:
+    """Answer POST /v1/embeddings with the response JSON bytes."""
+    ctx.require("Embeddings")
+    model = ctx.model_name(req.model)
+    dimensions = _dimensions(ctx, req, model)
+    vectors, used = await _embed(ctx, req, "embedding generation", dimensions)
+    data = [
+        {"index": i, "object": "embedding", "embedding": v}
+        for i, v in enumerate(_encode(vectors, req.encoding_format))
+    ]
+    body = {
+        "id": response_id("embd", header_id, req.request_id),
+        "object": "list",
+        "created": int(time.time()),
+        "model": model,
+        "data": data,
+        "usage": used,
+    }
+    return await dump_json(body, floats=vectors.size)
+
+
+async def create_pooling(ctx: ServingContext, req: PoolingRequest, header_id: str | None) -> bytes:
+    """Answer POST /pooling: the served task's pooled output per input."""
+    ctx.require("Pooling")
+    model = ctx.model_name(req.model)
+    if req.dimensions is not None:
+        raise InvalidRequest("dimensions is currently not supported", param="dimensions")
+    if req.task is not None and req.task not in _POOLING_TASKS:
+        supported = ", ".join(_POOLING_TASKS)
+        raise InvalidRequest(
+            f"task {req.task!r} is not supported by this model on /pooling "
+            f"(supported: {supported})",
+            param="task",
+        )
+    vectors, used = await _embed(ctx, req, "embedding generation", None)
+    data = [
+        {"index": i, "object": "pooling", "data": v}
+        for i, v in enumerate(_encode(vectors, req.encoding_format))
+    ]
+    body = {
+        "id": response_id("pool", header_id, req.request_id),
+        "object": "list",
+        "created": int(time.time()),
+        "model": model,
+        "data": data,
+        "usage": used,
+    }
+    return await dump_json(body, floats=vectors.size)

