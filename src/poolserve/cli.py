@@ -15,7 +15,7 @@ from typing import Any
 
 from . import __version__
 from .config import Config, EngineConfig, ModelConfig, ServerConfig, parse_size
-from .errors import ModelLoadError
+from .errors import ModelLoadError, PoolserveError
 
 
 def _json_arg(text: str) -> dict[str, Any]:
@@ -74,9 +74,16 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix:
         parser.add_argument(flag, **kwargs)
 
 
-def _config_from(args: argparse.Namespace) -> Config:
+_SECTIONS: dict[str, type] = {"model": ModelConfig, "engine": EngineConfig, "server": ServerConfig}
+
+
+def _config_from(
+    args: argparse.Namespace, sections: Sequence[str] = ("model", "engine", "server")
+) -> Config:
+    """Build the Config from parsed flags (sections without flags keep their defaults)."""
     parts: dict[str, Any] = {}
-    for name, cls in (("model", ModelConfig), ("engine", EngineConfig), ("server", ServerConfig)):
+    for name in sections:
+        cls = _SECTIONS[name]
         values = {}
         for f in dataclasses.fields(cls):
             value = getattr(args, f"{name}.{f.name}")
@@ -86,7 +93,7 @@ def _config_from(args: argparse.Namespace) -> Config:
                 value = f.default
             values[f.name] = value
         parts[name] = cls(**values)
-    server = parts["server"]
+    server = parts.setdefault("server", ServerConfig())
     if not server.api_key and os.environ.get("POOLSERVE_API_KEY"):
         keys = tuple(k for k in os.environ["POOLSERVE_API_KEY"].split(",") if k)
         parts["server"] = dataclasses.replace(server, api_key=keys)
@@ -106,6 +113,35 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Accepted for vLLM compatibility (inputs are never logged by default).",
     )
+    embed = sub.add_parser("embed", help="Embed a file of texts offline (one per line).")
+    add_dataclass_flags(embed, ModelConfig, "model")
+    add_dataclass_flags(embed, EngineConfig, "engine")
+    embed.add_argument(
+        "--input",
+        "-i",
+        default="-",
+        help="Text file, one input per line, or .jsonl with a 'text' field; - for stdin.",
+    )
+    embed.add_argument(
+        "--output",
+        "-o",
+        default="-",
+        help="Output .npy (float32 [n, dim]) or .jsonl; - for JSONL on stdout.",
+    )
+    embed.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Override the model's normalization.",
+    )
+    embed.add_argument("--dimensions", type=int, default=None, help="Matryoshka dimensions.")
+    embed.add_argument(
+        "--truncate-prompt-tokens",
+        type=int,
+        default=None,
+        help="Truncate inputs to this many tokens (-1: the max length).",
+    )
+    embed.add_argument("--chunk", type=int, default=1024, help="Inputs per engine call.")
     return parser
 
 
@@ -138,13 +174,64 @@ def serve(config: Config) -> int:
     return 0
 
 
+def _read_inputs(path: str) -> list[str]:
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    with stream:
+        lines = [line.rstrip("\n") for line in stream]
+    if path.endswith(".jsonl"):
+        return [str(json.loads(line)["text"]) for line in lines if line.strip()]
+    return [line for line in lines if line]
+
+
+def embed_file(args: argparse.Namespace) -> int:
+    """``poolserve embed``: the offline engine over a file; exit 1 on any bad input."""
+    import numpy as np
+
+    from .offline import PoolingModel
+
+    cfg = _config_from(args, ("model", "engine"))
+    texts = _read_inputs(args.input)
+    options = {**dataclasses.asdict(cfg.model), **dataclasses.asdict(cfg.engine)}
+    model_name = options.pop("model")
+    with PoolingModel(model_name, **options) as model:
+        chunks = [
+            model.embed(
+                texts[i : i + args.chunk],
+                normalize=args.normalize,
+                dimensions=args.dimensions,
+                truncate_prompt_tokens=args.truncate_prompt_tokens,
+            )
+            for i in range(0, len(texts), args.chunk)
+        ]
+    vectors = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    if args.output.endswith(".npy"):
+        np.save(args.output, vectors)
+    else:
+        import orjson
+
+        out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
+        with out:
+            for i, row in enumerate(vectors):
+                out.write(
+                    orjson.dumps({"index": i, "embedding": row}, option=orjson.OPT_SERIALIZE_NUMPY)
+                    + b"\n"
+                )
+    print(f"poolserve: embedded {len(texts)} inputs -> {args.output}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
             return serve(_config_from(args))
+        if args.command == "embed":
+            return embed_file(args)
     except ModelLoadError as exc:
         print(f"poolserve: error: {exc}", file=sys.stderr)
+        return 1
+    except PoolserveError as exc:
+        print(f"poolserve: error: {exc.message}", file=sys.stderr)
         return 1
     return 2
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from starlette.routing import BaseRoute
 
 from .. import __version__
 from ..config import ServerConfig
@@ -36,6 +37,15 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
+def _route_paths(routes: Iterable[BaseRoute]) -> set[str]:
+    """The paths of ``routes``.
+
+    Read from the routers themselves: newer FastAPI keeps an included router as one
+    opaque entry in ``app.routes``, so its paths are not listed there.
+    """
+    return {path for r in routes if (path := getattr(r, "path", None))}
+
+
 def create_app(ctx: ServingContext, server: ServerConfig | None = None) -> FastAPI:
     """Build the app serving ``ctx``; the engine starts and stops with the app's lifespan."""
     server = server or ServerConfig()
@@ -56,8 +66,9 @@ def create_app(ctx: ServingContext, server: ServerConfig | None = None) -> FastA
     app.state.max_request_bytes = server.max_request_bytes
     app.state.shutdown_grace = 30.0
     errors.install(app)
-    for module in (embeddings, tokenize, ops):
-        app.include_router(module.router)
+    routers = [module.router for module in (embeddings, tokenize, ops)]
+    for router in routers:
+        app.include_router(router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     if server.allowed_origins:
         app.add_middleware(
@@ -66,7 +77,7 @@ def create_app(ctx: ServingContext, server: ServerConfig | None = None) -> FastA
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    known = {getattr(r, "path", "") for r in app.routes}
+    known = _route_paths([*app.routes, *(r for router in routers for r in router.routes)])
     app.add_middleware(
         GatewayMiddleware,
         api_keys=server.api_key,

@@ -23,7 +23,7 @@ def choose_window(
     The window's padded size ``(hi - lo) * lengths[hi - 1]`` stays within
     ``max_tokens`` (a single over-budget sequence still runs alone) and it holds
     at most ``max_seqs`` rows. Among such windows it maximizes the real tokens
-    carried, preferring the shorter window on ties.
+    carried, preferring the least padded window on ties.
     """
     n = len(lengths)
     if not 0 <= anchor < n:
@@ -36,14 +36,14 @@ def choose_window(
         prefix.append(prefix[-1] + length)
 
     best = (anchor, anchor + 1)
-    best_tokens = -1
+    best_score = (-1, 0)  # (real tokens, -padded tokens): more work done, less padding
     for hi in range(anchor + 1, stop + 1):
         longest = lengths[hi - 1]
         rows = min(max_seqs, max(1, max_tokens // max(1, longest)), hi - start)
         lo = hi - rows
         if lo > anchor:  # the window no longer reaches the anchor: longer his won't either
             break
-        tokens = prefix[hi - start] - prefix[lo - start]
-        if tokens > best_tokens:
-            best, best_tokens = (lo, hi), tokens
+        score = (prefix[hi - start] - prefix[lo - start], -(hi - lo) * longest)
+        if score > best_score:
+            best, best_score = (lo, hi), score
     return best

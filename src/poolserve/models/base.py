@@ -45,8 +45,8 @@ class Batch:
 class Backend(Protocol):
     """What the engine needs from a model."""
 
-    def forward(self, batch: Batch) -> Sequence[np.ndarray]:
-        """Run one batch; return one float32 array per sequence, in batch order.
+    def forward(self, batch: Batch) -> np.ndarray | Sequence[np.ndarray]:
+        """Run one batch; return one float32 array per sequence (or rows of one array).
 
         Raises on a fault; the engine fails only this batch's requests.
         """

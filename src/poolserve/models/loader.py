@@ -93,6 +93,9 @@ def _pooling_from_override(
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Resolve, read and load the model named by ``cfg``; raise ModelLoadError with one line."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a server's log is no terminal
 
     root = resolve_model_dir(cfg.model, cfg.revision)
     st = read_st_pipeline(root) if is_sentence_transformers_folder(root) else None

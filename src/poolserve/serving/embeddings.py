@@ -71,9 +71,14 @@ def _check_priority(req: EmbeddingRequest) -> None:
         )
 
 
-async def _embed(
-    ctx: ServingContext, req: EmbeddingRequest, purpose: str, dimensions: int | None
+async def embed(
+    ctx: ServingContext, req: EmbeddingRequest, model: str, purpose: str = "embedding generation"
 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Embed a request's inputs: [n, dim] float32 vectors (in input order) and usage.
+
+    The one embedding path: the HTTP handlers and the offline API both call it.
+    """
+    dimensions = _dimensions(ctx, req, model)
     normalize = _normalize_flag(ctx, req)
     _check_priority(req)
     seqs = await sequences_for(ctx, req, purpose)
@@ -96,8 +101,7 @@ async def create_embeddings(
     """Answer POST /v1/embeddings with the response JSON bytes."""
     ctx.require("Embeddings")
     model = ctx.model_name(req.model)
-    dimensions = _dimensions(ctx, req, model)
-    vectors, used = await _embed(ctx, req, "embedding generation", dimensions)
+    vectors, used = await embed(ctx, req, model)
     data = [
         {"index": i, "object": "embedding", "embedding": v}
         for i, v in enumerate(_encode(vectors, req.encoding_format))
@@ -126,7 +130,7 @@ async def create_pooling(ctx: ServingContext, req: PoolingRequest, header_id: st
             f"(supported: {supported})",
             param="task",
         )
-    vectors, used = await _embed(ctx, req, "embedding generation", None)
+    vectors, used = await embed(ctx, req, model)
     data = [
         {"index": i, "object": "pooling", "data": v}
         for i, v in enumerate(_encode(vectors, req.encoding_format))

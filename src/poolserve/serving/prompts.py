@@ -39,11 +39,11 @@ async def sequences_for(ctx: ServingContext, req: Any, purpose: str) -> list[Tok
     elif not raw or raw == [[]]:
         raise InvalidRequest("please provide at least one prompt", param="input")
     elif isinstance(raw[0], str):
-        texts, ids = list(raw), None  # type: ignore[arg-type]
+        texts, ids = list(raw), None
     elif isinstance(raw[0], int):
-        texts, ids = None, [list(raw)]  # type: ignore[arg-type]
+        texts, ids = None, [list(raw)]
     else:
-        texts, ids = None, [list(x) for x in raw]  # type: ignore[union-attr]
+        texts, ids = None, [list(x) for x in raw]
     count = len(texts) if texts is not None else len(ids or [])
     ctx.check_count(count)
     if texts is not None:

@@ -40,7 +40,7 @@ async def version() -> dict[str, str]:
 async def models(request: Request) -> dict[str, Any]:
     """One model card per served name."""
     ctx = ctx_of(request)
-    cards = [
+    cards: list[dict[str, Any]] = [
         {
             "id": name,
             "object": "model",

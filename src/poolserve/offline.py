@@ -1,0 +1,97 @@
+"""The offline Python API: the same engine and rules as the server, without HTTP.
+
+from poolserve.offline import PoolingModel
+with PoolingModel() as model:          # the packaged all-MiniLM-L6-v2
+    vectors = model.embed(["hello", "world"])   # np.ndarray [2, 384]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from .config import Config, EngineConfig, ModelConfig
+from .protocol.embeddings import EmbeddingRequest
+from .runtime import build_context
+from .serving.embeddings import embed
+
+T = TypeVar("T")
+
+
+class PoolingModel:
+    """Load a model once; embed texts or token ids from plain Python.
+
+    Runs the engine on a private event loop in a background thread, so calls from
+    many threads share batches exactly as HTTP clients do.
+    """
+
+    def __init__(self, model: str | None = None, **options: Any) -> None:
+        model_fields = set(ModelConfig.__dataclass_fields__)
+        engine_fields = set(EngineConfig.__dataclass_fields__)
+        unknown = set(options) - model_fields - engine_fields
+        if unknown:
+            raise TypeError(f"unknown options: {sorted(unknown)}")
+        config = Config(
+            model=ModelConfig(
+                model=model, **{k: v for k, v in options.items() if k in model_fields}
+            ),
+            engine=EngineConfig(**{k: v for k, v in options.items() if k in engine_fields}),
+        )
+        self.ctx = build_context(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="poolserve-offline"
+        )
+        self._thread.start()
+        self._call(self.ctx.engine.start())
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def dimension(self) -> int:
+        """Length of the vectors :meth:`embed` returns (before ``dimensions``)."""
+        return self.ctx.info.dimension
+
+    def embed(
+        self,
+        inputs: str | Sequence[str] | Sequence[Sequence[int]],
+        *,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        truncate_prompt_tokens: int | None = None,
+    ) -> np.ndarray:
+        """Embed texts (or token-id lists): float32 [n, dim], rows in input order.
+
+        Raises the same :mod:`poolserve.errors` the server maps to 4xx answers.
+        """
+        items: Any = (
+            [inputs]
+            if isinstance(inputs, str)
+            else [x if isinstance(x, str) else list(x) for x in inputs]
+        )
+        req = EmbeddingRequest(
+            input=items,
+            normalize=normalize,
+            dimensions=dimensions,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+        )
+        vectors, _ = self._call(embed(self.ctx, req, self.ctx.served_names[0]))
+        return vectors
+
+    def close(self) -> None:
+        """Stop the engine and its thread."""
+        if self._loop.is_running():
+            self._call(self.ctx.engine.stop(grace=5))
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> PoolingModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

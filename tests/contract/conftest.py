@@ -1,0 +1,95 @@
+"""Live servers shared by the contract tests (session scope: each model loads once).
+
+Servers (uvicorn in a thread, one serving context each — an engine belongs to one
+event loop, so contexts are never shared between servers):
+
+- ``default_url`` (root conftest): the packaged all-MiniLM-L6-v2, no chat template,
+  no matryoshka, max length 256;
+- ``tiny_url``: a tiny BERT sentence-transformers folder whose tokenizer has a chat
+  template and whose config.json says ``is_matryoshka: true``; served as
+  ``tiny-a`` and ``tiny-b``; max length 64;
+- ``mrl_list_url``: a tiny folder with ``matryoshka_dimensions: [8, 16]`` given
+  through ``hf_overrides``;
+- ``auth_url``: a tiny folder behind ``--api-key k``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from poolserve.config import ServerConfig
+from tests.conftest import make_context, serve_in_thread
+from tests.contract.util import API_KEY, CHAT_TEMPLATE, MRL_LIST, TINY_NAMES
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ST folder (copied per use below) with a chat template and is_matryoshka."""
+    src = tiny("st")
+    out = tmp_path_factory.mktemp("tiny-chat")
+    for path in src.rglob("*"):
+        target = out / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(str(out))
+    config = json.loads((out / "config.json").read_text())
+    config["is_matryoshka"] = True
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tok(tiny_dir: Path) -> PreTrainedTokenizerBase:
+    """The tiny model's tokenizer, to compute expected token ids."""
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def default_tok(default_url: str) -> PreTrainedTokenizerBase:
+    """The default model's tokenizer."""
+    from poolserve.models.resolve import resolve_model_dir
+
+    return AutoTokenizer.from_pretrained(resolve_model_dir(None))
+
+
+@pytest.fixture(scope="session")
+def tiny_url(tiny_dir: Path) -> Iterator[str]:
+    ctx = make_context(tiny_dir, served_model_name=TINY_NAMES)
+    with serve_in_thread(ctx) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mrl_list_url(tiny: Callable[..., Path]) -> Iterator[str]:
+    ctx = make_context(tiny("st"), hf_overrides={"matryoshka_dimensions": list(MRL_LIST)})
+    with serve_in_thread(ctx) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def auth_url(tiny: Callable[..., Path]) -> Iterator[str]:
+    ctx = make_context(tiny("st"), served_model_name=("guarded",))
+    with serve_in_thread(ctx, ServerConfig(api_key=(API_KEY,))) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def tiny_embed(tiny_url: str) -> Callable[..., Any]:
+    """``tiny_embed(input, **fields) -> np.ndarray [n, dim]`` from the tiny server."""
+    from tests.contract.util import embed
+
+    def call(inp: Any, **fields: Any) -> Any:
+        return embed(tiny_url, inp, **fields)
+
+    return call

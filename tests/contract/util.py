@@ -1,0 +1,114 @@
+"""Helpers of the contract tests: the error-shape check and small request wrappers."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+import requests
+
+TINY_NAMES = ("tiny-a", "tiny-b")
+TINY_MAX_LEN = 64  # the tiny ST folder's max_seq_length
+DEFAULT_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_MAX_LEN = 256
+API_KEY = "k"
+MRL_LIST = (8, 16)
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}\n{% endfor %}"
+    "{% if shout %}LOUD\n{% endif %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+OTHER_TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
+TIMEOUT = 30
+
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    413: "RequestTooLarge",
+    503: "Overloaded",
+}
+
+
+def post(url: str, path: str, body: Any, **kwargs: Any) -> requests.Response:
+    """POST ``body`` as JSON."""
+    return requests.post(url + path, json=body, timeout=TIMEOUT, **kwargs)
+
+
+def ok(resp: requests.Response) -> dict[str, Any]:
+    """The JSON body of a 200 answer (fails with the body otherwise)."""
+    assert resp.status_code == 200, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def assert_error(
+    resp: requests.Response,
+    status: int,
+    *,
+    contains: str | tuple[str, ...] = (),
+    param: str | None = None,
+    message: str | None = None,
+) -> dict[str, Any]:
+    """Check the OpenAI error shape, HTTP status == code, and the message; return the error."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert err["code"] == status
+    assert isinstance(err["message"], str) and err["message"]
+    assert err["param"] is None or isinstance(err["param"], str)
+    if status in ERROR_TYPES:
+        assert err["type"] == ERROR_TYPES[status], err
+    if message is not None:
+        assert err["message"] == message
+    for part in (contains,) if isinstance(contains, str) else contains:
+        assert part in err["message"], err["message"]
+    if param is not None:
+        assert err["param"] == param, err
+    return dict(err)
+
+
+def vectors(body: dict[str, Any], key: str = "embedding") -> np.ndarray:
+    """The float vectors of a response, in index order, as float32 [n, dim]."""
+    items = sorted(body["data"], key=lambda d: d["index"])
+    assert [d["index"] for d in items] == list(range(len(items)))
+    rows = [decode(d[key]) if isinstance(d[key], str) else d[key] for d in items]
+    return np.asarray(rows, dtype=np.float32)
+
+
+def decode(b64: str) -> np.ndarray:
+    """API.md's base64: little-endian float32 bytes."""
+    return np.frombuffer(base64.b64decode(b64), dtype="<f4")
+
+
+def embed(url: str, inp: Any, **fields: Any) -> np.ndarray:
+    """Embed ``inp`` through /v1/embeddings (float encoding)."""
+    return vectors(ok(post(url, "/v1/embeddings", {"input": inp, **fields})))
+
+
+def expected_usage(n: int) -> dict[str, Any]:
+    """The usage block for ``n`` prompt tokens."""
+    return {
+        "prompt_tokens": n,
+        "total_tokens": n,
+        "completion_tokens": 0,
+        "prompt_tokens_details": None,
+    }
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows L2-normalized."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def context_message(max_len: int, n: int, purpose: str = "embedding generation") -> str:
+    """vLLM's over-length message, word for word (API.md)."""
+    return (
+        f"This model's maximum context length is {max_len} tokens. However, you requested "
+        f"{n} tokens in the input for {purpose}. Please reduce the length of the input."
+    )
