@@ -7,7 +7,9 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import types
 import typing
 from collections.abc import Sequence
@@ -145,8 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stopped_on_purpose(signum: int, frame: types.FrameType | None) -> None:
+    """Exit 0: uvicorn calls this after its graceful shutdown on SIGINT/SIGTERM."""
+    raise SystemExit(0)
+
+
 def serve(config: Config) -> int:
-    """Load the model, then run uvicorn until SIGINT/SIGTERM."""
+    """Load the model, then run uvicorn until SIGINT/SIGTERM (then exit 0, as vLLM)."""
     import uvicorn
 
     from .api.app import create_app
@@ -161,6 +168,11 @@ def serve(config: Config) -> int:
         logging.getLogger("poolserve.access").setLevel(logging.WARNING)
     ctx = build_context(config)
     app = create_app(ctx, config.server)
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn shuts down gracefully on these signals, then re-raises the signal to
+        # the handler it found, so by default the process would die *by* the signal.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _stopped_on_purpose)
     uvicorn.run(
         app,
         host=config.server.host,

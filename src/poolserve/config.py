@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -171,16 +172,29 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:i?[bB])?\s*$")
 
 
 def parse_size(text: str) -> int:
-    """Parse ``"512"``, ``"1k"``, ``"25.6k"``, ``"64M"`` into an int (k = 1000, as vLLM).
+    """Parse ``"512"``, ``"1k"``, ``"25.6k"``, ``"1K"``, ``"64M"`` into an int.
 
-    Raises ValueError for anything else.
+    As vLLM's ``human_readable_int``: lower-case units are decimal (1k = 1000),
+    upper-case ones binary (1K = 1024, 64M = 64 * 2**20). Raises ValueError for
+    anything else, and for a fraction of a unit that is not a whole number.
     """
     match = _SIZE.match(text)
     if not match:
         raise ValueError(f"not a size: {text!r}")
-    number, unit = float(match.group(1)), match.group(2).lower()
-    factor = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}[unit]
+    # Decimal, not float: 1.001k is exactly 1001 (float would make it 1000.9999...).
+    number, unit = Decimal(match.group(1)), match.group(2)
+    if unit.isupper() and "." in match.group(1):  # vLLM refuses these too
+        raise ValueError(f"no decimals with a binary unit: {text!r} (did you mean {unit.lower()}?)")
+    factor = {
+        "": 1,
+        "k": 1_000,
+        "m": 1_000_000,
+        "g": 1_000_000_000,
+        "K": 2**10,
+        "M": 2**20,
+        "G": 2**30,
+    }[unit]
     value = number * factor
-    if value != int(value):
+    if value != value.to_integral_value():
         raise ValueError(f"not a whole number: {text!r}")
     return int(value)

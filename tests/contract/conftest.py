@@ -8,14 +8,15 @@ event loop, so contexts are never shared between servers):
 - ``tiny_url``: a tiny BERT sentence-transformers folder whose tokenizer has a chat
   template and whose config.json says ``is_matryoshka: true``; served as
   ``tiny-a`` and ``tiny-b``; max length 64;
-- ``mrl_list_url``: a tiny folder with ``matryoshka_dimensions: [8, 16]`` given
-  through ``hf_overrides``;
+- ``flags_url``: a tiny folder (its tokenizer has no chat template) started with
+  ``--hf-overrides '{"matryoshka_dimensions": [8, 16]}'`` and ``--chat-template``;
 - ``auth_url``: a tiny folder behind ``--api-key k``.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,21 +26,14 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from poolserve.config import ServerConfig
 from tests.conftest import make_context, serve_in_thread
-from tests.contract.util import API_KEY, CHAT_TEMPLATE, MRL_LIST, TINY_NAMES
+from tests.contract.util import API_KEY, CHAT_TEMPLATE, MRL_LIST, SERVER_TEMPLATE, TINY_NAMES
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tiny: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny ST folder (copied per use below) with a chat template and is_matryoshka."""
-    src = tiny("st")
-    out = tmp_path_factory.mktemp("tiny-chat")
-    for path in src.rglob("*"):
-        target = out / path.relative_to(src)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(path.read_bytes())
+    """A copy of the tiny ST folder with a chat template and ``is_matryoshka: true``."""
+    out = tmp_path_factory.mktemp("tiny-chat") / "model"
+    shutil.copytree(tiny("st"), out)
     tok = AutoTokenizer.from_pretrained(out)
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(str(out))
@@ -71,8 +65,12 @@ def tiny_url(tiny_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def mrl_list_url(tiny: Callable[..., Path]) -> Iterator[str]:
-    ctx = make_context(tiny("st"), hf_overrides={"matryoshka_dimensions": list(MRL_LIST)})
+def flags_url(tiny: Callable[..., Path]) -> Iterator[str]:
+    ctx = make_context(
+        tiny("st"),
+        hf_overrides={"matryoshka_dimensions": list(MRL_LIST)},
+        chat_template=SERVER_TEMPLATE,
+    )
     with serve_in_thread(ctx) as url:
         yield url
 

@@ -20,6 +20,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 OTHER_TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
+SERVER_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}; {% endfor %}"
 TIMEOUT = 30
 
 ERROR_TYPES = {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import random
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -173,7 +175,7 @@ async def test_mixed_lengths_are_packed_sorted(backend: FakeBackend) -> None:
         assert len(b) <= 64
         assert len(b) * max(map(len, b)) <= 100
     # One request: batches walk the sorted queue, so their length ranges never overlap.
-    for (_, hi1), (lo2, _) in zip(spans, spans[1:], strict=False):
+    for (_, hi1), (lo2, _) in itertools.pairwise(spans):
         assert hi1 <= lo2
 
 
@@ -306,20 +308,55 @@ async def test_failed_request_leaves_no_queued_sequences(backend: FakeBackend) -
         await eng.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.py: a backend returning the wrong number of outputs raises in "
-    "Engine._execute's zip(strict=True) outside its try, which kills the engine loop "
-    "(every later request gets EngineUnavailable) instead of failing only that batch",
-)
-async def test_wrong_output_count_fails_only_its_batch(
-    engine: Engine, backend: FakeBackend
+async def test_wrong_output_count_fails_only_its_batch(backend: FakeBackend) -> None:
+    eng = Engine(backend)
+    await eng.start()
+    try:
+        backend.short_by = 1
+        with pytest.raises(InternalError):
+            await eng.submit([seq(3, 2), seq(3, 3)])
+        backend.short_by = 0
+        assert as_lists(await eng.submit([seq(3, 4)])) == [[3.0, 4.0]]
+    finally:
+        with contextlib.suppress(Exception):
+            await eng.stop()
+
+
+async def test_dead_loop_fails_waiters_and_reports_not_alive(
+    backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend.short_by = 1
-    with pytest.raises(InternalError):
-        await engine.submit([seq(3, 2), seq(3, 3)])
-    backend.short_by = 0
-    assert as_lists(await engine.submit([seq(3, 4)])) == [[3.0, 4.0]]
+    eng = Engine(backend)
+    await eng.start()
+
+    def broken() -> None:
+        raise RuntimeError("packer exploded")
+
+    monkeypatch.setattr(eng, "_next_batch", broken)
+    try:
+        with pytest.raises(EngineUnavailable, match="packer exploded"):
+            await eng.submit([seq(3, 2)])
+        assert not eng.alive
+        with pytest.raises(EngineUnavailable):
+            await eng.submit([seq(3, 2)])
+    finally:
+        with contextlib.suppress(Exception):
+            await eng.stop()
+
+
+async def test_stop_after_loop_death_is_clean(
+    backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng = Engine(backend)
+    await eng.start()
+
+    def broken() -> None:
+        raise RuntimeError("packer exploded")
+
+    monkeypatch.setattr(eng, "_next_batch", broken)
+    with pytest.raises(EngineUnavailable):
+        await eng.submit([seq(3, 2)])
+    await eng.stop()  # must not raise
+    assert eng._executor is None
 
 
 # -- lifecycle -----------------------------------------------------------------

@@ -35,7 +35,7 @@ def padded(lengths: list[int], lo: int, hi: int) -> int:
     return (hi - lo) * lengths[hi - 1]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(cases())
 def test_window_contains_anchor_and_respects_limits(case) -> None:
     lengths, anchor, max_tokens, max_seqs = case
@@ -48,7 +48,7 @@ def test_window_contains_anchor_and_respects_limits(case) -> None:
         assert (lo, hi) == (anchor, anchor + 1)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(cases())
 def test_window_is_optimal_against_brute_force(case) -> None:
     lengths, anchor, max_tokens, max_seqs = case
@@ -62,7 +62,7 @@ def test_window_is_optimal_against_brute_force(case) -> None:
     assert padded(lengths, lo, hi) == min(padded(lengths, a, b) for a, b in ties)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(cases(max_n=40, max_len=600))
 def test_larger_inputs_keep_invariants(case) -> None:
     lengths, anchor, max_tokens, max_seqs = case

@@ -17,6 +17,7 @@ from ..serving.context import ServingContext
 from . import errors
 from .middleware import GatewayMiddleware
 from .routes import embeddings, ops, tokenize
+from .routes._common import BODY_MODELS
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -25,14 +26,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for path_item in schema.get("paths", {}).values():
-        for op in path_item.values():
-            model = op.pop("x-poolserve-model", None) if isinstance(op, dict) else None
-            if model is None:
-                continue
-            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(model_schema.pop("$defs", {}))
-            components[model.__name__] = model_schema
+    for name, model in BODY_MODELS.items():
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model_schema.pop("$defs", {}))
+        components[name] = model_schema
     app.openapi_schema = schema
     return schema
 

@@ -37,12 +37,20 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+_TYPE_TAGS = {"str", "int", "bool", "float", "list", "dict", "none", "tuple", "set"}
+
+
+def _is_field_name(part: object) -> bool:
+    text = str(part)
+    return text.isidentifier() and text not in _TYPE_TAGS
+
+
 def validation_message(exc: ValidationError) -> tuple[str, str | None]:
     """A one-line message naming the first bad field, and that field's dotted path."""
     err = exc.errors()[0]
-    loc = [str(p) for p in err.get("loc", ())]
-    # Union members add their type names to the path; keep only real field names.
-    fields = [p for p in loc if not p.startswith(("list[", "str", "int", "bool", "function"))]
+    # Union members add their type tags to the path ("str", "list[int]",
+    # "function-after[...]"); keep only field names and list indexes.
+    fields = [str(p) for p in err.get("loc", ()) if isinstance(p, int) or _is_field_name(p)]
     where = ".".join(fields) or "body"
     msg = err.get("msg", "invalid value")
     return f"invalid `{where}`: {msg}", (fields[0] if fields else None)

@@ -140,13 +140,15 @@ class Engine:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A loop that died already logged and answered its error; stopping is clean.
+            with contextlib.suppress(BaseException):
                 await self._task
             self._task = None
         self._fail_all(EngineUnavailable("the server is shutting down"))
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            executor, self._executor = self._executor, None
+            # A forward still running past the grace period must not freeze the loop.
+            await asyncio.to_thread(executor.shutdown, wait=True)
 
     @property
     def alive(self) -> bool:
@@ -288,6 +290,10 @@ class Engine:
         started = time.monotonic()
         try:
             outputs = await loop.run_in_executor(self._executor, self.backend.forward, Batch(seqs))
+            if len(outputs) != len(seqs):
+                raise RuntimeError(
+                    f"backend returned {len(outputs)} outputs for {len(seqs)} inputs"
+                )
         except Exception as exc:
             self.stats.failed_batches += 1
             log.exception("forward of a batch of %d sequences failed", len(seqs))
@@ -303,7 +309,7 @@ class Engine:
         self.stats.tokens += tokens
         self.stats.padded_tokens += padded
         self.observer.on_batch(len(seqs), tokens, padded, seconds)
-        for item, output in zip(batch, outputs, strict=True):
+        for item, output in zip(batch, outputs, strict=True):  # lengths checked above
             request = item.request
             if request.future.done():  # cancelled or failed meanwhile
                 continue

@@ -121,9 +121,16 @@ class InputProcessor:
         prompt_len = self._prompt_len if prompt else 0
         out = []
         for i, ids in enumerate(ids_list):
+            types = types_list[i] if types_list is not None else None
+            if k is not None and len(ids) > k:
+                # The tokenizer will not cut into its special tokens (k below their
+                # count); k counts every token the model sees, so keep the first k.
+                ids = ids[:k]
+                types = types[:k] if types is not None else None
             self._check_length(len(ids), purpose)
-            types = tuple(types_list[i]) if types_list is not None else None
-            out.append(TokenSeq(tuple(ids), types, prompt_len))
+            out.append(
+                TokenSeq(tuple(ids), tuple(types) if types is not None else None, prompt_len)
+            )
         return out
 
     def from_token_ids(

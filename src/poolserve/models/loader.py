@@ -19,8 +19,15 @@ from .st_config import POOLING_MODES, STPipeline, is_sentence_transformers_folde
 log = logging.getLogger("poolserve.models")
 
 # Position embeddings of these model types start after the padding index, so two
-# rows of max_position_embeddings are unusable.
-_OFFSET_POSITION_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer", "xlm-roberta-xl"}
+# rows of max_position_embeddings are unusable (MPNet hard-codes padding_idx 1).
+_OFFSET_POSITION_TYPES = {
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "longformer",
+    "xlm-roberta-xl",
+    "mpnet",
+}
 _NO_LIMIT = 1_000_000  # tokenizers write ~1e30 as "no limit"
 
 

@@ -67,15 +67,22 @@ def pool(
 
 
 def _activation(name: str) -> nn.Module:
-    """Instantiate a torch activation named by its dotted class path (torch.* only)."""
+    """Instantiate a torch activation named by its dotted class path (torch.nn.Module only)."""
     if not name.startswith("torch."):
         raise ModelLoadError(f"untrusted Dense activation {name!r}: only torch.* classes load")
     module_name, _, cls_name = name.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, ValueError) as exc:
         raise ModelLoadError(f"unknown Dense activation {name!r}") from exc
-    return cls()
+    # As sentence-transformers without trust_remote_code: only nn.Module classes, so a
+    # config cannot make us call an arbitrary torch function.
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ModelLoadError(f"Dense activation {name!r} is not a torch.nn.Module class")
+    try:
+        return cls()
+    except Exception as exc:
+        raise ModelLoadError(f"cannot build Dense activation {name!r}: {exc}") from exc
 
 
 def load_dense(spec: DenseSpec) -> nn.Module:

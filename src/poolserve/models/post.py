@@ -10,7 +10,8 @@ def finish_embeddings(
 ) -> np.ndarray:
     """Slice to ``dimensions`` (matryoshka) *then* L2-normalize, as vLLM does.
 
-    ``vectors`` is [n, dim] float32; returns a new C-contiguous float32 array.
+    ``vectors`` is [n, dim]; returns a C-contiguous float32 array (``vectors`` itself
+    when it already is one and there is nothing to slice or normalize).
     """
     out = vectors[:, :dimensions] if dimensions is not None else vectors
     out = np.ascontiguousarray(out, dtype=np.float32)

@@ -97,6 +97,28 @@ def pooling_modes_from_config(cfg: dict[str, Any]) -> tuple[tuple[str, ...], boo
     return modes, bool(cfg.get("include_prompt", True))
 
 
+def _dense_spec(path: Path) -> DenseSpec:
+    cfg = _read_json(path / "config.json")
+    # Variants poolserve does not implement are refused rather than silently run wrong:
+    # a residual connection, or a Dense reading/writing other features than the embedding.
+    if cfg.get("use_residual"):
+        raise ModelLoadError(f"Dense module {path} uses a residual connection (unsupported)")
+    for key in ("module_input_name", "module_output_name"):
+        if cfg.get(key, "sentence_embedding") not in (None, "sentence_embedding"):
+            raise ModelLoadError(f"Dense module {path} has unsupported {key} {cfg[key]!r}")
+    try:
+        return DenseSpec(
+            path=path,
+            in_features=int(cfg["in_features"]),
+            out_features=int(cfg["out_features"]),
+            bias=bool(cfg.get("bias", True)),
+            # sentence-transformers omits the key when it is its default, Tanh.
+            activation=str(cfg.get("activation_function") or "torch.nn.modules.activation.Tanh"),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"Dense module {path} has a bad config.json: {exc!r}") from exc
+
+
 def is_sentence_transformers_folder(path: Path) -> bool:
     """True when ``path`` holds a modules.json."""
     return (path / "modules.json").is_file()
@@ -108,7 +130,12 @@ def read_st_pipeline(root: Path) -> STPipeline:
     Raises ModelLoadError naming any module type poolserve does not implement, so a
     model is never served with part of its pipeline silently dropped.
     """
-    modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
+    try:
+        modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {root / 'modules.json'}: {exc}") from exc
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ModelLoadError(f"{root / 'modules.json'} is not a list of module objects")
     transformer_path = root
     modes: tuple[str, ...] = ("mean",)
     include_prompt = True
@@ -124,19 +151,7 @@ def read_st_pipeline(root: Path) -> STPipeline:
             modes, include_prompt = pooling_modes_from_config(_read_json(mpath / "config.json"))
             seen_pooling = True
         elif kind == "dense":
-            cfg = _read_json(mpath / "config.json")
-            dense.append(
-                DenseSpec(
-                    path=mpath,
-                    in_features=int(cfg["in_features"]),
-                    out_features=int(cfg["out_features"]),
-                    bias=bool(cfg.get("bias", True)),
-                    # sentence-transformers omits the key when it is its default, Tanh.
-                    activation=str(
-                        cfg.get("activation_function") or "torch.nn.modules.activation.Tanh"
-                    ),
-                )
-            )
+            dense.append(_dense_spec(mpath))
         elif kind == "normalize":
             normalize = True
         else:

@@ -26,8 +26,14 @@ def json_bytes(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
+# Request models documented with body_doc, by name; the app adds their schemas to
+# the OpenAPI components (openapi_extra itself must stay plain JSON data).
+BODY_MODELS: dict[str, type[BaseModel]] = {}
+
+
 def body_doc(model: type[BaseModel]) -> dict[str, Any]:
     """openapi_extra documenting a JSON body validated by hand (see api/body.py)."""
+    BODY_MODELS[model.__name__] = model
     return {
         "requestBody": {
             "required": True,
@@ -35,5 +41,4 @@ def body_doc(model: type[BaseModel]) -> dict[str, Any]:
                 "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
             },
         },
-        "x-poolserve-model": model,
     }

@@ -25,8 +25,14 @@ async def health(request: Request) -> Response:
     return _health(request)
 
 
-@router.api_route("/ping", methods=["GET", "POST"])
+@router.get("/ping")
 async def ping(request: Request) -> Response:
+    """SageMaker-style liveness: same as /health."""
+    return _health(request)
+
+
+@router.post("/ping")
+async def ping_post(request: Request) -> Response:
     """SageMaker-style liveness: same as /health."""
     return _health(request)
 

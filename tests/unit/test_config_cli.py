@@ -1,0 +1,172 @@
+"""poolserve.config.parse_size and the CLI parser -> Config mapping."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from poolserve.cli import _config_from, build_parser
+from poolserve.config import Config, EngineConfig, ModelConfig, ServerConfig, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("512", 512),
+        ("0", 0),
+        ("1k", 1_000),
+        ("25.6k", 25_600),
+        ("32k", 32_000),
+        ("1.5k", 1_500),
+        ("1.001k", 1_001),  # exact: no float rounding
+        ("0.1k", 100),
+        ("2m", 2_000_000),
+        ("2g", 2_000_000_000),
+        # As vLLM's human_readable_int: upper-case units are binary.
+        ("1K", 1_024),
+        ("64M", 64 * 2**20),
+        ("1G", 2**30),
+        (" 8k ", 8_000),
+        ("10kb", 10_000),
+        ("10KiB", 10 * 1_024),
+        ("3.0", 3),
+    ],
+)
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+def test_parse_size_every_three_decimal_k_is_exact() -> None:
+    assert [parse_size(f"1.{i:03d}k") for i in range(1000)] == list(range(1000, 2000))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "k", "abc", "-1", "1.2.3", "1e3", "12x", "1.5", "1.0005k", "1 k k", "1,000", "1t", "nan"],
+)
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_full_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POOLSERVE_API_KEY", raising=False)
+    args = parse(
+        "my/model",
+        "--task", "embed",
+        "--served-model-name", "a", "b",
+        "--max-model-len", "1k",
+        "--override-pooler-config", '{"pooling_type":"CLS"}',
+        "--api-key", "k1", "k2",
+    )  # fmt: skip
+    assert args.command == "serve"
+    config = _config_from(args)
+    assert isinstance(config, Config)
+    assert config.model == ModelConfig(
+        model="my/model",
+        task="embed",
+        served_model_name=("a", "b"),
+        max_model_len=1000,
+        override_pooler_config={"pooling_type": "CLS"},
+    )
+    assert config.server.api_key == ("k1", "k2")
+    assert config.engine == EngineConfig()
+    assert dataclasses.replace(config.server, api_key=()) == ServerConfig()
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POOLSERVE_API_KEY", raising=False)
+    config = _config_from(parse())
+    assert config == Config()
+    assert config.model.model is None
+    assert config.server.port == 8000
+
+
+def test_other_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POOLSERVE_API_KEY", raising=False)
+    config = _config_from(
+        parse(
+            "m",
+            "--dtype", "bfloat16",
+            "--max-num-batched-tokens", "4096",
+            "--max-num-seqs", "16",
+            "--max-request-bytes", "1m",
+            "--port", "9001",
+            "--host", "127.0.0.1",
+            "--trust-remote-code",
+            "--auto-truncate",
+            "--hf-overrides", '{"is_matryoshka": true}',
+            "--allowed-origins", "http://a", "http://b",
+            "--root-path", "/api",
+            "--disable-log-requests",
+        )
+    )  # fmt: skip
+    assert config.model.dtype == "bfloat16"
+    assert config.model.trust_remote_code is True and config.model.auto_truncate is True
+    assert config.model.hf_overrides == {"is_matryoshka": True}
+    assert (config.engine.max_num_batched_tokens, config.engine.max_num_seqs) == (4096, 16)
+    assert config.server.max_request_bytes == 1_000_000
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 9001)
+    assert config.server.allowed_origins == ("http://a", "http://b")
+    assert config.server.root_path == "/api"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--task", "generate"],
+        ["--dtype", "float8"],
+        ["--max-model-len", "lots"],
+        ["--override-pooler-config", "{not json"],
+        ["--override-pooler-config", "[1, 2]"],
+        ["--port", "eighty"],
+        ["--served-model-name"],
+    ],
+)
+def test_bad_flags_exit_with_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse("m", *argv)
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_api_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POOLSERVE_API_KEY", "secret")
+    assert _config_from(parse("m")).server.api_key == ("secret",)
+    monkeypatch.setenv("POOLSERVE_API_KEY", "k1,k2,")
+    assert _config_from(parse("m")).server.api_key == ("k1", "k2")
+
+
+def test_api_key_flag_beats_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POOLSERVE_API_KEY", "from-env")
+    assert _config_from(parse("m", "--api-key", "from-flag")).server.api_key == ("from-flag",)
+
+
+def test_empty_api_key_environment_is_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POOLSERVE_API_KEY", "")
+    assert _config_from(parse("m")).server.api_key == ()
+
+
+def test_every_config_field_has_help() -> None:
+    for cls in (ModelConfig, EngineConfig, ServerConfig):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+
+
+def test_configs_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().model.task = "embed"  # type: ignore[misc]
+
+
+def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("poolserve ")
