@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import requests
 from transformers import PreTrainedTokenizerBase
 
 from poolserve.api.app import create_app
@@ -365,3 +366,16 @@ async def test_auto_truncate_flag(
         np.asarray(ref.json()["data"][0]["embedding"]),
         atol=1e-6,
     )
+
+
+def test_body_request_id_names_the_response_without_header(tiny_url: str) -> None:
+    resp = post(tiny_url, "/v1/embeddings", {"input": "hi", "request_id": "mine-7"})
+    assert ok(resp)["id"] == "embd-mine-7"
+    # The header still wins over the body.
+    resp = requests.post(
+        tiny_url + "/v1/embeddings",
+        json={"input": "hi", "request_id": "mine-7"},
+        headers={"X-Request-Id": "hdr-1"},
+        timeout=30,
+    )
+    assert ok(resp)["id"] == "embd-hdr-1"

@@ -275,3 +275,55 @@ def test_prompt_counts_towards_max_length(
     assert resp.json()["usage"]["prompt_tokens"] == ST_MAX
     resp = requests.post(f"{url}/v1/embeddings", json={"input": fits + " a"}, timeout=30)
     assert resp.status_code == 400, resp.text
+
+
+def test_excluded_prompt_without_special_tokens(
+    tiny: Callable[..., Path], served: Callable[..., str]
+) -> None:
+    """add_special_tokens=false: the prompt has no [CLS] before it, so exactly its own
+    tokens are left out of pooling (and not the first token of the text)."""
+    from transformers import AutoModel
+
+    path = tiny("st", "bert", **VARIANTS["prompt-excluded"])
+    tok = st_tokenizer(path)
+    text = "the cat sits on the mat"
+    enc = tok(PROMPTS["query"] + text, add_special_tokens=False, return_tensors="pt")
+    n_prompt = len(tok(PROMPTS["query"], add_special_tokens=False)["input_ids"])
+    with torch.inference_mode():
+        hidden = AutoModel.from_pretrained(str(path)).eval()(**enc).last_hidden_state[0]
+    expected = hidden[n_prompt:].mean(0).numpy()[None]
+    assert_same(embed(served(path), [text], add_special_tokens=False), expected)
+
+
+def test_legacy_layout_with_transformer_subfolder(
+    tiny: Callable[..., Path], served: Callable[..., str], tmp_path: Path
+) -> None:
+    """Old ST folders keep the encoder (and sentence_bert_config.json) in 0_Transformer/."""
+    path = tmp_path / "legacy"
+    shutil.copytree(tiny("st", "bert", dense=[(16, "tanh")]), path)
+    sub = path / "0_Transformer"
+    sub.mkdir()
+    keep = {"modules.json", "config_sentence_transformers.json", "README.md"}
+    for f in list(path.iterdir()):
+        if f.is_file() and f.name not in keep:
+            shutil.move(str(f), str(sub / f.name))
+    modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+    modules[0]["path"] = "0_Transformer"
+    (path / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
+    texts = make_texts(st_tokenizer(sub), 6, ST_MAX)
+    assert_same(embed(served(path), texts), st_encode(path, texts))
+
+
+def test_do_lower_case(
+    tiny: Callable[..., Path], served: Callable[..., str], tmp_path: Path
+) -> None:
+    """sentence_bert_config do_lower_case lowercases input for a cased tokenizer."""
+    path = tmp_path / "lower"
+    shutil.copytree(tiny("st", "roberta"), path)
+    config_path = path / "sentence_bert_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config_path.write_text(json.dumps({**config, "do_lower_case": True}), encoding="utf-8")
+    texts = ["Hello World", "THE CAT SITS ON THE MAT", "hello world"]
+    got = embed(served(path), texts)
+    assert_same(got, st_encode(path, texts))
+    np.testing.assert_allclose(got[0], got[2], rtol=1e-5, atol=1e-6)

@@ -77,8 +77,9 @@ class GatewayMiddleware:
         started = time.perf_counter()
         headers = dict(scope["headers"])
         rid = headers.get(b"x-request-id", b"").decode("latin-1") or secrets.token_hex(16)
-        if b"x-request-id" not in headers:
-            scope["headers"] = [*scope["headers"], (b"x-request-id", rid.encode())]
+        # Handlers read it from request.state; the client's header stays as sent so a
+        # body `request_id` can still name the response.
+        scope.setdefault("state", {})["request_id"] = rid
         path = scope["path"]
         if self.root_path and path.startswith(self.root_path):
             path = path[len(self.root_path) :] or "/"

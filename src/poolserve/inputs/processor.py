@@ -55,8 +55,11 @@ class InputProcessor:
         self.rules = rules
         self._lock = threading.Lock()
         self._prompt_len = 0
+        self._plain_prompt_len = 0  # the same prompt under add_special_tokens=false
         if rules.default_prompt and rules.exclude_prompt_from_pooling:
             self._prompt_len = self._measure_prompt(rules.default_prompt)
+            plain = tokenizer(rules.default_prompt, add_special_tokens=False)["input_ids"]
+            self._plain_prompt_len = len(plain)
 
     def _measure_prompt(self, prompt: str) -> int:
         # As sentence-transformers: the tokenized prompt minus its trailing special token.
@@ -118,7 +121,9 @@ class InputProcessor:
             )
         ids_list = enc["input_ids"]
         types_list = enc.get("token_type_ids") if self.rules.uses_token_type_ids else None
-        prompt_len = self._prompt_len if prompt else 0
+        prompt_len = 0
+        if prompt:
+            prompt_len = self._prompt_len if add_special_tokens else self._plain_prompt_len
         out = []
         for i, ids in enumerate(ids_list):
             types = types_list[i] if types_list is not None else None

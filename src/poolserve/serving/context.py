@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,11 +64,6 @@ class ServingContext:
                 f"{self.max_client_batch_size} (--max-client-batch-size)",
                 param=param,
             )
-
-
-def response_id(prefix: str, header_id: str | None, body_id: str | None) -> str:
-    """``<prefix>-<X-Request-Id, else the body's request_id, else random hex>``."""
-    return f"{prefix}-{header_id or body_id or secrets.token_hex(16)}"
 
 
 def usage(seqs: list[TokenSeq]) -> dict[str, Any]:

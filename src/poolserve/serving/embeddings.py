@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import InvalidRequest
 from ..models.post import finish_embeddings
 from ..protocol.embeddings import EmbeddingRequest, PoolingRequest
-from .context import ServingContext, dump_json, response_id, usage
+from .context import ServingContext, dump_json, usage
 from .prompts import sequences_for
 
 _POOLING_TASKS = ("embed",)
@@ -95,9 +95,7 @@ def _encode(vectors: np.ndarray, encoding_format: str) -> list[Any]:
     return list(vectors)
 
 
-async def create_embeddings(
-    ctx: ServingContext, req: EmbeddingRequest, header_id: str | None
-) -> bytes:
+async def create_embeddings(ctx: ServingContext, req: EmbeddingRequest, request_id: str) -> bytes:
     """Answer POST /v1/embeddings with the response JSON bytes."""
     ctx.require("Embeddings")
     model = ctx.model_name(req.model)
@@ -107,7 +105,7 @@ async def create_embeddings(
         for i, v in enumerate(_encode(vectors, req.encoding_format))
     ]
     body = {
-        "id": response_id("embd", header_id, req.request_id),
+        "id": f"embd-{request_id}",
         "object": "list",
         "created": int(time.time()),
         "model": model,
@@ -117,7 +115,7 @@ async def create_embeddings(
     return await dump_json(body, floats=vectors.size)
 
 
-async def create_pooling(ctx: ServingContext, req: PoolingRequest, header_id: str | None) -> bytes:
+async def create_pooling(ctx: ServingContext, req: PoolingRequest, request_id: str) -> bytes:
     """Answer POST /pooling: the served task's pooled output per input."""
     ctx.require("Pooling")
     model = ctx.model_name(req.model)
@@ -136,7 +134,7 @@ async def create_pooling(ctx: ServingContext, req: PoolingRequest, header_id: st
         for i, v in enumerate(_encode(vectors, req.encoding_format))
     ]
     body = {
-        "id": response_id("pool", header_id, req.request_id),
+        "id": f"pool-{request_id}",
         "object": "list",
         "created": int(time.time()),
         "model": model,

@@ -17,9 +17,11 @@ def ctx_of(request: Request) -> ServingContext:
     return ctx
 
 
-def header_id(request: Request) -> str | None:
-    """The client's X-Request-Id, if it sent one."""
-    return request.headers.get("x-request-id")
+def request_id(request: Request, body_id: str | None) -> str:
+    """The id naming the response: the client's X-Request-Id, else the body's
+    ``request_id``, else the one the gateway generated (echoed as X-Request-Id)."""
+    rid = request.headers.get("x-request-id") or body_id or request.state.request_id
+    return str(rid)
 
 
 def json_bytes(body: bytes) -> Response:

@@ -8,7 +8,7 @@ from starlette.responses import Response
 from ...protocol.embeddings import EmbeddingRequest, PoolingRequest
 from ...serving import embeddings as serving
 from ..body import parse
-from ._common import body_doc, ctx_of, header_id, json_bytes
+from ._common import body_doc, ctx_of, json_bytes, request_id
 
 router = APIRouter()
 
@@ -18,11 +18,15 @@ router = APIRouter()
 async def embeddings(request: Request) -> Response:
     """OpenAI/vLLM embeddings: `input` (texts or token ids) or chat `messages`."""
     req = await parse(request, EmbeddingRequest)
-    return json_bytes(await serving.create_embeddings(ctx_of(request), req, header_id(request)))
+    return json_bytes(
+        await serving.create_embeddings(ctx_of(request), req, request_id(request, req.request_id))
+    )
 
 
 @router.post("/pooling", openapi_extra=body_doc(PoolingRequest))
 async def pooling(request: Request) -> Response:
     """vLLM's pooling API: the served task's pooled output per input."""
     req = await parse(request, PoolingRequest)
-    return json_bytes(await serving.create_pooling(ctx_of(request), req, header_id(request)))
+    return json_bytes(
+        await serving.create_pooling(ctx_of(request), req, request_id(request, req.request_id))
+    )
