@@ -152,3 +152,18 @@ def test_max_model_len_past_position_embeddings_is_one_line_error(
     assert lines[0] == (
         "poolserve: error: --max-model-len 1000 exceeds the model's position embeddings (128)"
     )
+
+
+def test_max_model_len_may_pass_the_st_limit_up_to_the_positions(
+    tiny: Callable[..., Path],
+) -> None:
+    """Current policy (more lenient than vLLM, which refuses past max_seq_length unless
+    VLLM_ALLOW_LONG_MAX_MODEL_LEN is set): any length the position table holds."""
+    path = tiny("st", "bert")  # max_seq_length 64, 128 positions
+    config = _config_from(build_parser().parse_args(["serve", str(path), "--max-model-len", "100"]))
+    with serve_in_thread(build_context(config), config.server) as url:
+        assert model_cards(url)[0]["max_model_len"] == 100
+        resp = post_embeddings(url, {"input": [7] * 100})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["usage"]["prompt_tokens"] == 100
+        assert post_embeddings(url, {"input": [7] * 101}).status_code == 400
