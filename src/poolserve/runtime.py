@@ -24,22 +24,41 @@ def served_names(config: Config) -> tuple[str, ...]:
     return (config.model.model or DEFAULT_MODEL_NAME,)
 
 
+def default_token_budget(device: str, threads_per_worker: int = 1) -> int:
+    """Padded tokens per forward when the flag is not given.
+
+    Measured on a 2-core AVX-512 CPU (MiniLM-L6, 1 thread per worker, HTTP load):
+    256 -> 95, 512 -> 111, 1024 -> 103, 4096 -> 86 texts/s: a batch whose
+    activations stay in the core's L2 wins. GPUs want big batches.
+    """
+    return 512 * threads_per_worker if device.startswith("cpu") else 16384
+
+
 def build_context(config: Config) -> ServingContext:
     """Load the model of ``config`` and return a ready (not yet started) serving context.
 
     Raises ModelLoadError with a one-line message when the model cannot be loaded.
     """
-    from .models.loader import load_model  # torch is imported only from here down
+    # torch is imported only from here down
+    from .models.dtype import configure_cpu_threads, default_workers
+    from .models.loader import load_model
 
     loaded = load_model(config.model)
+    workers = config.engine.model_workers or default_workers(loaded.backend.device)
+    threads = 1
+    if loaded.backend.device.type == "cpu":
+        threads = configure_cpu_threads(workers)
+        log.info("%d model worker(s) x %d thread(s)", workers, threads)
     loaded.backend.warmup()
     names = served_names(config)
     metrics = Metrics(names[0])
     engine = Engine(
         loaded.backend,
-        max_num_batched_tokens=config.engine.max_num_batched_tokens,
+        max_num_batched_tokens=config.engine.max_num_batched_tokens
+        or default_token_budget(loaded.info.device, threads),
         max_num_seqs=config.engine.max_num_seqs,
         max_queued_requests=config.engine.max_queued_requests,
+        workers=workers,
         observer=metrics,
     )
     return ServingContext(

@@ -102,12 +102,18 @@ class Engine:
         max_num_batched_tokens: int = 8192,
         max_num_seqs: int = 256,
         max_queued_requests: int = 1024,
+        workers: int = 1,
         observer: EngineObserver | None = None,
     ) -> None:
         self.backend = backend
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.max_queued_requests = max_queued_requests
+        # Batches run concurrently on this many model threads (data parallelism: on a
+        # small CPU, two 1-thread forwards beat one 2-thread forward, which stalls
+        # whenever any other work takes a core).
+        self.workers = max(1, workers)
+        self._inflight: set[asyncio.Task[None]] = set()
         self.observer: EngineObserver = observer or _NullObserver()
         self.stats = EngineStats()
         self._queue: list[_Item] = []  # sorted by key
@@ -123,7 +129,9 @@ class Engine:
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:
         """Start the model thread and the packing loop on the running event loop."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolserve-model")
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix="poolserve-model"
+        )
         self._wakeup = asyncio.Event()
         self._accepting = True
         self._dead_reason = None
@@ -144,6 +152,10 @@ class Engine:
             with contextlib.suppress(BaseException):
                 await self._task
             self._task = None
+        for task in list(self._inflight):
+            task.cancel()
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
         self._fail_all(EngineUnavailable("the server is shutting down"))
         if self._executor is not None:
             executor, self._executor = self._executor, None
@@ -263,7 +275,7 @@ class Engine:
         assert self._wakeup is not None and self._executor is not None
         try:
             while True:
-                if not self._queue:
+                if not self._queue or len(self._inflight) >= self.workers:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
@@ -276,7 +288,9 @@ class Engine:
                         req.first_started = now
                         self.observer.on_queue_time(now - req.arrived)
                 self.observer.on_queue_depth(len(self._queue))
-                await self._execute(loop, batch)
+                task = asyncio.create_task(self._execute(loop, batch))
+                self._inflight.add(task)
+                task.add_done_callback(self._batch_done)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # the loop itself broke: say so, fail everyone
@@ -284,6 +298,11 @@ class Engine:
             self._dead_reason = f"the engine stopped after an internal error: {exc}"
             self._fail_all(EngineUnavailable(self._dead_reason))
             raise
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         seqs = [item.seq for item in batch]
@@ -294,6 +313,10 @@ class Engine:
                 raise RuntimeError(
                     f"backend returned {len(outputs)} outputs for {len(seqs)} inputs"
                 )
+        except asyncio.CancelledError:  # stop() past its grace period: answer, don't hang
+            for request in {item.request for item in batch}:
+                self._fail(request, EngineUnavailable("the server is shutting down"))
+            raise
         except Exception as exc:
             self.stats.failed_batches += 1
             log.exception("forward of a batch of %d sequences failed", len(seqs))

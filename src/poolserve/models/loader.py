@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import ModelConfig
 from ..errors import ModelLoadError
 from .backend import TorchEmbeddingBackend
 from .base import InputRules, ModelInfo
 from .dtype import resolve_device, resolve_dtype
+from .onednn import accelerate_cpu_fp32
 from .pooler import load_dense
 from .resolve import resolve_model_dir
 from .st_config import POOLING_MODES, STPipeline, is_sentence_transformers_folder, read_st_pipeline
@@ -97,6 +100,17 @@ def _pooling_from_override(
     return modes, normalize
 
 
+def _probe(tokenizer: Any, uses_types: bool) -> dict[str, torch.Tensor]:
+    """A small padded batch to check a model rewrite against the stock model."""
+    enc = tokenizer(
+        ["a short probe", "a somewhat longer probe sentence to check the model with"],
+        padding=True,
+        return_tensors="pt",
+        return_token_type_ids=uses_types,
+    )
+    return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Resolve, read and load the model named by ``cfg``; raise ModelLoadError with one line."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -159,6 +173,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         tokenizer, "model_input_names", ["token_type_ids"]
     )
     max_len = _max_model_len(hf_config, tokenizer, st, cfg.max_model_len)
+    if device.type == "cpu" and dtype == torch.float32:
+        model = accelerate_cpu_fp32(model, _probe(tokenizer, uses_types))
     chat_template = cfg.chat_template
     if chat_template is not None and Path(chat_template).is_file():
         chat_template = Path(chat_template).read_text(encoding="utf-8")
