@@ -56,8 +56,19 @@ def rss_mib(pid: int) -> tuple[float, float]:
 def poolserve_server(args: list[str], timeout: float = 180) -> Iterator[tuple[str, int]]:
     """Start ``poolserve serve ARGS`` on a free loopback port; yield (url, pid)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "poolserve", "serve", *args, "--host", "127.0.0.1",
-           "--port", str(port), "--uvicorn-log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "poolserve",
+        "serve",
+        *args,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--uvicorn-log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
     try:

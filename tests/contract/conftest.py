@@ -10,7 +10,11 @@ event loop, so contexts are never shared between servers):
   ``tiny-a`` and ``tiny-b``; max length 64;
 - ``flags_url``: a tiny folder (its tokenizer has no chat template) started with
   ``--hf-overrides '{"matryoshka_dimensions": [8, 16]}'`` and ``--chat-template``;
-- ``auth_url``: a tiny folder behind ``--api-key k``.
+- ``auth_url``: a tiny folder behind ``--api-key k``;
+- ``cross_url``: a tiny BERT cross-encoder (one label, token_type_ids, max length 128)
+  served as ``BAAI/bge-reranker-v2-m3``, so vLLM's example clients run unmodified;
+- ``classifier_url``: a tiny BERT ``*ForSequenceClassification`` with two labels
+  (``--task auto`` -> classify).
 """
 
 from __future__ import annotations
@@ -25,8 +29,16 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from poolserve.config import ServerConfig
+from poolserve.serving.context import ServingContext
 from tests.conftest import make_context, serve_in_thread
-from tests.contract.util import API_KEY, CHAT_TEMPLATE, MRL_LIST, SERVER_TEMPLATE, TINY_NAMES
+from tests.contract.util import (
+    API_KEY,
+    CHAT_TEMPLATE,
+    CROSS_NAME,
+    MRL_LIST,
+    SERVER_TEMPLATE,
+    TINY_NAMES,
+)
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +103,45 @@ def tiny_embed(tiny_url: str) -> Callable[..., Any]:
         return embed(tiny_url, inp, **fields)
 
     return call
+
+
+@pytest.fixture(scope="session")
+def cross_dir(tiny: Callable[..., Path]) -> Path:
+    """A tiny random BERT cross-encoder (one label, no activation in its config)."""
+    return tiny("cross", "bert")
+
+
+@pytest.fixture(scope="session")
+def cross_ctx(cross_dir: Path) -> ServingContext:
+    return make_context(cross_dir, served_model_name=(CROSS_NAME,))
+
+
+@pytest.fixture(scope="session")
+def cross_url(cross_ctx: ServingContext) -> Iterator[str]:
+    with serve_in_thread(cross_ctx) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def cross_model(cross_dir: Path) -> Any:
+    """sentence-transformers' CrossEncoder on the same weights (the reference)."""
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(cross_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def cross_tok(cross_dir: Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(cross_dir)
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(tiny: Callable[..., Path]) -> Path:
+    """A tiny random BERT sequence classifier with two labels."""
+    return tiny("cross", "bert", num_labels=2)
+
+
+@pytest.fixture(scope="session")
+def classifier_url(classifier_dir: Path) -> Iterator[str]:
+    with serve_in_thread(make_context(classifier_dir)) as url:
+        yield url

@@ -13,6 +13,8 @@ TINY_MAX_LEN = 64  # the tiny ST folder's max_seq_length
 DEFAULT_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_LEN = 256
 API_KEY = "k"
+CROSS_NAME = "BAAI/bge-reranker-v2-m3"  # the tiny cross-encoder's served name
+CROSS_MAX_LEN = 128  # the tiny cross-encoder's max_position_embeddings
 MRL_LIST = (8, 16)
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}\n{% endfor %}"
@@ -113,3 +115,11 @@ def context_message(max_len: int, n: int, purpose: str = "embedding generation")
         f"This model's maximum context length is {max_len} tokens. However, you requested "
         f"{n} tokens in the input for {purpose}. Please reduce the length of the input."
     )
+
+
+def scores(body: dict[str, Any]) -> np.ndarray:
+    """The scores of a /score response, in index order (checking the item shape)."""
+    items = body["data"]
+    assert [d["index"] for d in items] == list(range(len(items)))
+    assert all(d["object"] == "score" and set(d) == {"index", "object", "score"} for d in items)
+    return np.asarray([d["score"] for d in items], dtype=np.float64)

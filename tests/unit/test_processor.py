@@ -412,3 +412,53 @@ def test_detokenize_range_check(tokenizer: Any, bad: int) -> None:
         make(tokenizer).detokenize([5, bad])
     assert info.value.param == "tokens"
     assert re.search(rf"token id {bad} is out of the vocabulary", info.value.message)
+
+
+# -- text pairs (cross-encoders) --------------------------------------------------------
+
+
+def test_pairs_are_one_sequence_with_token_types(tokenizer: Any, cls_sep) -> None:
+    proc = make(tokenizer, uses_token_type_ids=True, max_model_len=64)
+    seqs = proc.from_pairs(["what is it", "a"], ["the cat", "b c"])
+    for seq, (a, b) in zip(seqs, [("what is it", "the cat"), ("a", "b c")], strict=True):
+        enc = tokenizer(a, b)
+        assert list(seq.token_ids) == enc["input_ids"]
+        assert list(seq.token_type_ids or ()) == enc["token_type_ids"]
+        assert seq.token_ids.count(cls_sep[1]) == 2
+        assert seq.prompt_len == 0
+
+
+def test_pairs_without_token_types(tokenizer: Any) -> None:
+    (seq,) = make(tokenizer, max_model_len=64).from_pairs(["a"], ["b"])
+    assert seq.token_type_ids is None
+
+
+def test_pair_truncation_is_longest_first(tokenizer: Any) -> None:
+    proc = make(tokenizer, uses_token_type_ids=True, max_model_len=64)
+    (seq,) = proc.from_pairs(["short query"], [LONG], truncate_prompt_tokens=12)
+    enc = tokenizer("short query", LONG, truncation="longest_first", max_length=12)
+    assert list(seq.token_ids) == enc["input_ids"]
+    assert len(seq) == 12
+    assert list(seq.token_type_ids or ()) == enc["token_type_ids"]
+
+
+def test_pair_truncation_below_special_tokens_is_400(tokenizer: Any) -> None:
+    proc = make(tokenizer, max_model_len=64)
+    with pytest.raises(InvalidRequest, match="special tokens"):
+        proc.from_pairs(["a"], ["b"], truncate_prompt_tokens=2)
+    (seq,) = proc.from_pairs(["a b"], ["c d"], truncate_prompt_tokens=3)
+    assert len(seq) == 3  # just the specials
+
+
+def test_over_length_pair_names_score(tokenizer: Any) -> None:
+    proc = make(tokenizer)
+    with pytest.raises(InvalidRequest) as info:
+        proc.from_pairs(["a"], [LONG])
+    n = len(tokenizer("a", LONG)["input_ids"])
+    assert info.value.message == context_error(MAX_LEN, n, "score").message
+
+
+def test_pairs_of_unequal_lengths_are_a_bug(tokenizer: Any) -> None:
+    with pytest.raises(ValueError):
+        make(tokenizer).from_pairs(["a", "b"], ["c"])
+    assert make(tokenizer).from_pairs([], []) == []

@@ -7,7 +7,7 @@ request-shaped stays above this line; everything tensor-shaped stays below it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,9 +57,20 @@ class Backend(Protocol):
         ...
 
 
+# Maps float32 logits [n, k] to float32 scores [n, k] (numpy in, numpy out).
+Activation = Callable[[np.ndarray], np.ndarray]
+
+EMBEDDING = "embedding"  # the backend returns pooled vectors
+CLASSIFIER = "classifier"  # the backend returns *ForSequenceClassification logits
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """Facts about the served model that the serving layer needs (no tensors)."""
+    """Facts about the served model that the serving layer needs (no tensors).
+
+    ``head`` says what the backend returns per sequence: ``embedding`` (a pooled
+    vector of ``dimension`` floats) or ``classifier`` (``num_labels`` raw logits).
+    """
 
     path: str
     task: str  # embed | classify | score | reward
@@ -70,6 +81,21 @@ class ModelInfo:
     matryoshka_dimensions: tuple[int, ...] | None = None
     dtype: str = "float32"
     device: str = "cpu"
+    head: str = EMBEDDING
+    labels: tuple[str | None, ...] = ()  # classifier: id2label by index
+    multi_label: bool = False  # classifier: problem_type multi_label_classification
+    # classifier: what /score applies to the logits (sentence-transformers' choice)
+    score_activation: Activation | None = None
+
+    @property
+    def num_labels(self) -> int:
+        """Width of a classifier's logits (0 for an embedding model)."""
+        return len(self.labels)
+
+    @property
+    def is_cross_encoder(self) -> bool:
+        """A sequence classifier with one label: it scores text pairs."""
+        return self.head == CLASSIFIER and self.num_labels == 1
 
 
 @dataclass(frozen=True)

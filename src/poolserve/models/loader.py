@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,13 +12,22 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ModelLoadError
-from .backend import TorchEmbeddingBackend
-from .base import InputRules, ModelInfo
+from .backend import TorchBackend, TorchClassifierBackend, TorchEmbeddingBackend
+from .base import CLASSIFIER, EMBEDDING, InputRules, ModelInfo
 from .dtype import resolve_device, resolve_dtype
+from .heads import is_multi_label, label_names, num_labels, resolve_score_activation
 from .onednn import accelerate_cpu_fp32
 from .pooler import load_dense
 from .resolve import resolve_model_dir
-from .st_config import POOLING_MODES, STPipeline, is_sentence_transformers_folder, read_st_pipeline
+from .st_config import (
+    POOLING_MODES,
+    CrossEncoderFolder,
+    STPipeline,
+    is_sentence_transformers_folder,
+    read_cross_encoder_folder,
+    read_st_pipeline,
+    st_model_type,
+)
 
 log = logging.getLogger("poolserve.models")
 
@@ -38,21 +48,58 @@ _NO_LIMIT = 1_000_000  # tokenizers write ~1e30 as "no limit"
 class LoadedModel:
     """Everything the engine and the serving layer need from a loaded model."""
 
-    backend: TorchEmbeddingBackend
+    backend: TorchBackend
     tokenizer: Any
     rules: InputRules
     info: ModelInfo
 
 
-def _auto_task(hf_config: Any, st: STPipeline | None) -> str:
+def _is_encoder(hf_config: Any) -> bool:
+    """A bidirectional encoder: its model type has a masked-LM head in transformers."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return getattr(hf_config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def _resolve_task(
+    requested: str, hf_config: Any, st: STPipeline | None, root: Path
+) -> tuple[str, str]:
+    """(task, head) for the checkpoint, following API.md "Task -> endpoints".
+
+    auto: a sentence-transformers embedding folder or a bare encoder -> embed;
+    ``*ForSequenceClassification`` -> score when it has one label and is an encoder,
+    else classify; ``*ForRewardModel*`` -> reward. Raises ModelLoadError for a task the
+    checkpoint cannot serve.
+    """
     archs = list(getattr(hf_config, "architectures", None) or [])
-    if st is not None:
-        return "embed"
-    if any(a.endswith("ForSequenceClassification") for a in archs):
-        return "classify"
-    if any("ForRewardModel" in a for a in archs):
-        return "reward"
-    return "embed"
+    seq_cls = st is None and any(a.endswith("ForSequenceClassification") for a in archs)
+    labels = num_labels(hf_config)
+    task = requested
+    if requested == "auto":
+        if st is not None:
+            task = "embed"
+        elif seq_cls:
+            task = "score" if labels == 1 and _is_encoder(hf_config) else "classify"
+        elif any("ForRewardModel" in a for a in archs):
+            task = "reward"
+        else:
+            task = "embed"
+    if task == "reward":
+        raise ModelLoadError(
+            "task 'reward' is not available in this release of poolserve; serve an "
+            "embedding, classification or cross-encoder model"
+        )
+    if task == "classify" and not seq_cls:
+        raise ModelLoadError(
+            f"--task classify needs a *ForSequenceClassification checkpoint; {root} is not one"
+        )
+    if task == "score" and seq_cls and labels != 1:
+        raise ModelLoadError(
+            f"--task score needs a cross-encoder with one label; {root} has {labels} "
+            "labels (serve it with --task classify)"
+        )
+    head = CLASSIFIER if seq_cls and task in ("classify", "score") else EMBEDDING
+    return task, head
 
 
 def _max_model_len(
@@ -113,14 +160,25 @@ def _probe(tokenizer: Any, uses_types: bool) -> dict[str, torch.Tensor]:
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Resolve, read and load the model named by ``cfg``; raise ModelLoadError with one line."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a server's log is no terminal
 
     root = resolve_model_dir(cfg.model, cfg.revision)
-    st = read_st_pipeline(root) if is_sentence_transformers_folder(root) else None
-    model_dir = st.transformer_path if st is not None else root
+    st: STPipeline | None = None
+    cross: CrossEncoderFolder | None = None
+    if is_sentence_transformers_folder(root):
+        if st_model_type(root) == "CrossEncoder":
+            cross = read_cross_encoder_folder(root)
+        else:
+            st = read_st_pipeline(root)
+    model_dir = st.transformer_path if st else cross.transformer_path if cross else root
     try:
         hf_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
     except Exception as exc:
@@ -128,12 +186,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     for key, value in (cfg.hf_overrides or {}).items():
         setattr(hf_config, key, value)
 
-    task = _auto_task(hf_config, st) if cfg.task == "auto" else cfg.task
-    if task not in ("embed",):
-        raise ModelLoadError(
-            f"task {task!r} is not available in this release of poolserve; serve an "
-            "embedding model (--task embed)"
-        )
+    task, head = _resolve_task(cfg.task, hf_config, st, root)
 
     tok_source = cfg.tokenizer or str(model_dir)
     try:
@@ -150,13 +203,14 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    auto = AutoModelForSequenceClassification if head == CLASSIFIER else AutoModel
     try:
         try:
-            model = AutoModel.from_pretrained(
+            model = auto.from_pretrained(
                 model_dir, config=hf_config, attn_implementation="sdpa", **kwargs
             )
         except (ValueError, ImportError):  # this architecture has no SDPA path
-            model = AutoModel.from_pretrained(model_dir, config=hf_config, **kwargs)
+            model = auto.from_pretrained(model_dir, config=hf_config, **kwargs)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the model weights in {model_dir}: {exc}") from exc
     model = model.to(device).eval()
@@ -167,6 +221,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     dense = [load_dense(spec) for spec in st.dense] if st is not None else []
     hidden = int(getattr(hf_config, "hidden_size", 0) or getattr(hf_config, "dim", 0))
     dimension = st.dense[-1].out_features if st is not None and st.dense else hidden * len(modes)
+    if head == CLASSIFIER:
+        dimension = num_labels(hf_config)
 
     type_vocab = getattr(hf_config, "type_vocab_size", 0) or 0
     uses_types = type_vocab > 1 and "token_type_ids" in getattr(
@@ -201,11 +257,43 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         dtype=str(dtype).removeprefix("torch."),
         device=str(device),
     )
+    pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
+    backend: TorchBackend
+    if head == CLASSIFIER:
+        activation = resolve_score_activation(
+            hf_config,
+            cross.config if cross is not None else None,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+        info = dataclasses.replace(
+            info,
+            head=CLASSIFIER,
+            normalize=False,
+            labels=label_names(hf_config),
+            multi_label=is_multi_label(hf_config),
+            score_activation=activation,
+        )
+        backend = TorchClassifierBackend(
+            model, pad_token_id=pad_id, uses_token_type_ids=uses_types, device=device
+        )
+        log.info(
+            "loaded %s: task=%s dtype=%s device=%s max_model_len=%d labels=%d "
+            "score activation=%s%s",
+            root,
+            task,
+            info.dtype,
+            device,
+            max_len,
+            info.num_labels,
+            activation.name,
+            " token_type_ids" if uses_types else "",
+        )
+        return LoadedModel(backend=backend, tokenizer=tokenizer, rules=rules, info=info)
     backend = TorchEmbeddingBackend(
         model,
         pooling_modes=modes,
         dense=dense,
-        pad_token_id=int(getattr(tokenizer, "pad_token_id", None) or 0),
+        pad_token_id=pad_id,
         uses_token_type_ids=uses_types,
         device=device,
     )

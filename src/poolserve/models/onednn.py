@@ -9,6 +9,7 @@ anything unexpected falls back to the stock modules.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,6 +62,12 @@ def _swap(model: nn.Module) -> int:
     return swapped
 
 
+def _main_output(out: Any) -> torch.Tensor:
+    """A base model's hidden states, or a classification model's logits."""
+    logits = getattr(out, "logits", None)
+    return logits if logits is not None else out.last_hidden_state
+
+
 def accelerate_cpu_fp32(model: nn.Module, probe: dict[str, torch.Tensor]) -> nn.Module:
     """Swap ``model``'s Linear layers for oneDNN ones when that is exact here.
 
@@ -73,10 +80,10 @@ def accelerate_cpu_fp32(model: nn.Module, probe: dict[str, torch.Tensor]) -> nn.
 
     try:
         with torch.inference_mode():
-            expected = model(**probe).last_hidden_state
+            expected = _main_output(model(**probe))
             fast = copy.deepcopy(model)
             count = _swap(fast)
-            got = fast(**probe).last_hidden_state
+            got = _main_output(fast(**probe))
         if count and torch.allclose(expected, got, atol=1e-5, rtol=1e-5):
             log.info("oneDNN Linear layers: %d swapped", count)
             return fast

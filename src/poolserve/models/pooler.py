@@ -66,23 +66,30 @@ def pool(
     return torch.cat(out, dim=-1)
 
 
-def _activation(name: str) -> nn.Module:
-    """Instantiate a torch activation named by its dotted class path (torch.nn.Module only)."""
-    if not name.startswith("torch."):
-        raise ModelLoadError(f"untrusted Dense activation {name!r}: only torch.* classes load")
+def activation_module(
+    name: str, what: str = "Dense activation", trusted: bool = False
+) -> nn.Module:
+    """Instantiate an activation named by its dotted class path.
+
+    Only ``torch.*`` ``nn.Module`` classes load unless ``trusted`` (--trust-remote-code),
+    so a config cannot make us call arbitrary code. Raises ModelLoadError naming
+    ``what`` when the class is unknown, not a module, or cannot be built.
+    """
+    if not trusted and not name.startswith("torch."):
+        raise ModelLoadError(f"untrusted {what} {name!r}: only torch.* classes load")
     module_name, _, cls_name = name.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ModelLoadError(f"unknown Dense activation {name!r}") from exc
+        raise ModelLoadError(f"unknown {what} {name!r}") from exc
     # As sentence-transformers without trust_remote_code: only nn.Module classes, so a
     # config cannot make us call an arbitrary torch function.
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ModelLoadError(f"Dense activation {name!r} is not a torch.nn.Module class")
+        raise ModelLoadError(f"{what} {name!r} is not a torch.nn.Module class")
     try:
         return cls()
     except Exception as exc:
-        raise ModelLoadError(f"cannot build Dense activation {name!r}: {exc}") from exc
+        raise ModelLoadError(f"cannot build {what} {name!r}: {exc}") from exc
 
 
 def load_dense(spec: DenseSpec) -> nn.Module:
@@ -103,7 +110,7 @@ def load_dense(spec: DenseSpec) -> nn.Module:
         linear.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelLoadError(f"Dense module {spec.path}: {exc}") from exc
-    return nn.Sequential(linear, _activation(spec.activation))
+    return nn.Sequential(linear, activation_module(spec.activation))
 
 
 def normalize_rows(x: Tensor) -> Tensor:

@@ -196,3 +196,48 @@ def read_st_pipeline(root: Path) -> STPipeline:
         default_prompt_name=default_prompt_name,
         similarity_fn_name=similarity,
     )
+
+
+def st_model_type(root: Path) -> str:
+    """``model_type`` of config_sentence_transformers.json ("SentenceTransformer" if absent),
+    as sentence-transformers reads it to tell embedding models from cross-encoders."""
+    path = root / "config_sentence_transformers.json"
+    if not path.is_file():
+        return "SentenceTransformer"
+    return str(_read_json(path).get("model_type") or "SentenceTransformer")
+
+
+@dataclass(frozen=True)
+class CrossEncoderFolder:
+    """A folder written by sentence-transformers' ``CrossEncoder.save``."""
+
+    transformer_path: Path
+    config: dict[str, Any]  # its config_sentence_transformers.json
+
+
+def read_cross_encoder_folder(root: Path) -> CrossEncoderFolder:
+    """Read a CrossEncoder folder: one Transformer module and its saved settings.
+
+    Raises ModelLoadError for any other module (a Dense score head, LogitScore) and for
+    a default prompt, which poolserve does not apply to pairs: refusing is better than
+    serving scores that differ from sentence-transformers.
+    """
+    try:
+        modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {root / 'modules.json'}: {exc}") from exc
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ModelLoadError(f"{root / 'modules.json'} is not a list of module objects")
+    kinds = [_MODULE_KINDS.get(str(m.get("type", "")).rsplit(".", 1)[-1]) for m in modules]
+    if kinds != ["transformer"]:
+        raise ModelLoadError(
+            f"unsupported CrossEncoder modules in {root / 'modules.json'}: "
+            f"{[m.get('type') for m in modules]} (only a single Transformer is supported)"
+        )
+    config = _read_json(root / "config_sentence_transformers.json")
+    if config.get("default_prompt_name"):
+        raise ModelLoadError(
+            f"CrossEncoder {root} has a default prompt ({config['default_prompt_name']!r}); "
+            "prompts for text pairs are not supported"
+        )
+    return CrossEncoderFolder(transformer_path=root / modules[0].get("path", ""), config=config)

@@ -14,7 +14,7 @@ from ..engine import Engine
 from ..errors import InvalidRequest, ModelNotFound, RequestTooLarge
 from ..inputs.processor import InputProcessor
 from ..metrics import Metrics
-from ..models.base import ModelInfo, TokenSeq
+from ..models.base import CLASSIFIER, ModelInfo, TokenSeq
 
 T = TypeVar("T")
 
@@ -22,10 +22,28 @@ T = TypeVar("T")
 # event loop keeps serving other clients meanwhile.
 _OFFLOAD_FLOATS = 50_000
 
-# What each served task enables (API.md "Task -> endpoints"); names as in vLLM's errors.
-ENDPOINTS_BY_TASK = {
-    "embed": {"Embeddings", "Pooling", "Score", "Tokenize"},
+_EMBEDDING_APIS = frozenset({"Embeddings", "Pooling", "Score", "Rerank", "Tokenize"})
+_CROSS_ENCODER_APIS = frozenset({"Score", "Rerank", "Classification", "Pooling", "Tokenize"})
+_CLASSIFIER_APIS = frozenset({"Classification", "Pooling", "Tokenize"})
+
+# What each served task enables (API.md "Task -> endpoints"), by (task, model kind);
+# API names as in vLLM's "The model does not support X API". Kinds (see model_kind):
+# "embedding" (pooled vectors; /score and /rerank by cosine similarity),
+# "cross-encoder" (a sequence classifier with one label), "classifier" (2+ labels).
+ENDPOINTS_BY_TASK: dict[tuple[str, str], frozenset[str]] = {
+    ("embed", "embedding"): _EMBEDDING_APIS,
+    ("score", "embedding"): _EMBEDDING_APIS,  # an embedding model: as embed
+    ("score", "cross-encoder"): _CROSS_ENCODER_APIS,
+    ("classify", "cross-encoder"): _CROSS_ENCODER_APIS,  # /score when num_labels == 1
+    ("classify", "classifier"): _CLASSIFIER_APIS,
 }
+
+
+def model_kind(info: ModelInfo) -> str:
+    """``embedding``, ``cross-encoder`` (one label) or ``classifier`` (2+ labels)."""
+    if info.head != CLASSIFIER:
+        return "embedding"
+    return "cross-encoder" if info.num_labels == 1 else "classifier"
 
 
 @dataclass
@@ -53,7 +71,7 @@ class ServingContext:
 
     def require(self, api: str) -> None:
         """Raise 400 unless the served task enables ``api`` (e.g. "Embeddings")."""
-        if api not in ENDPOINTS_BY_TASK.get(self.info.task, set()):
+        if api not in ENDPOINTS_BY_TASK.get((self.info.task, model_kind(self.info)), ()):
             raise InvalidRequest(f"The model does not support {api} API")
 
     def check_count(self, n: int, param: str = "input") -> None:
@@ -66,9 +84,22 @@ class ServingContext:
             )
 
 
+def check_priority(req: Any) -> None:
+    """400 unless the request's ``priority`` is 0 (no priority scheduler here)."""
+    if req.priority != 0:
+        raise InvalidRequest(
+            "priority scheduling is not enabled on this server; send priority 0",
+            param="priority",
+        )
+
+
 def usage(seqs: list[TokenSeq]) -> dict[str, Any]:
     """The usage block: every token the model saw, special tokens included."""
-    n = sum(len(s) for s in seqs)
+    return token_usage(sum(len(s) for s in seqs))
+
+
+def token_usage(n: int) -> dict[str, Any]:
+    """The usage block for ``n`` prompt tokens."""
     return {
         "prompt_tokens": n,
         "total_tokens": n,

@@ -1,4 +1,4 @@
-"""POST /v1/embeddings and POST /pooling for embedding models."""
+"""POST /v1/embeddings, and POST /pooling (classifiers: see :mod:`.classify`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequest
+from ..models.base import CLASSIFIER
 from ..models.post import finish_embeddings
 from ..protocol.embeddings import EmbeddingRequest, PoolingRequest
-from .context import ServingContext, dump_json, usage
+from .classify import pooled_classifier_output
+from .context import ServingContext, check_priority, dump_json, usage
 from .prompts import sequences_for
 
 _POOLING_TASKS = ("embed",)
@@ -63,14 +65,6 @@ def _dimensions(ctx: ServingContext, req: EmbeddingRequest, model: str) -> int |
     return d
 
 
-def _check_priority(req: EmbeddingRequest) -> None:
-    if req.priority != 0:
-        raise InvalidRequest(
-            "priority scheduling is not enabled on this server; send priority 0",
-            param="priority",
-        )
-
-
 async def embed(
     ctx: ServingContext, req: EmbeddingRequest, model: str, purpose: str = "embedding generation"
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -80,7 +74,7 @@ async def embed(
     """
     dimensions = _dimensions(ctx, req, model)
     normalize = _normalize_flag(ctx, req)
-    _check_priority(req)
+    check_priority(req)
     seqs = await sequences_for(ctx, req, purpose)
     outputs = await ctx.engine.submit(seqs)
     vectors = finish_embeddings(np.stack(outputs), dimensions=dimensions, normalize=normalize)
@@ -121,14 +115,17 @@ async def create_pooling(ctx: ServingContext, req: PoolingRequest, request_id: s
     model = ctx.model_name(req.model)
     if req.dimensions is not None:
         raise InvalidRequest("dimensions is currently not supported", param="dimensions")
-    if req.task is not None and req.task not in _POOLING_TASKS:
-        supported = ", ".join(_POOLING_TASKS)
-        raise InvalidRequest(
-            f"task {req.task!r} is not supported by this model on /pooling "
-            f"(supported: {supported})",
-            param="task",
-        )
-    vectors, used = await embed(ctx, req, model)
+    if ctx.info.head == CLASSIFIER:
+        vectors, used = await pooled_classifier_output(ctx, req)
+    else:
+        if req.task is not None and req.task not in _POOLING_TASKS:
+            supported = ", ".join(_POOLING_TASKS)
+            raise InvalidRequest(
+                f"task {req.task!r} is not supported by this model on /pooling "
+                f"(supported: {supported})",
+                param="task",
+            )
+        vectors, used = await embed(ctx, req, model)
     data = [
         {"index": i, "object": "pooling", "data": v}
         for i, v in enumerate(_encode(vectors, req.encoding_format))

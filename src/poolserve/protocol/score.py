@@ -1,0 +1,60 @@
+"""POST /score (/v1/score) and POST /rerank (/v1/rerank, /v2/rerank) requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, field_validator
+
+from .common import ActivationSwitches, Request, TruncateTokens
+
+ScoreTexts = StrictStr | list[StrictStr]
+
+
+class ScoreRequest(Request, ActivationSwitches):
+    """``text_1``/``text_2`` (or the newer ``queries``/``documents``, ``data_1``/``data_2``)."""
+
+    text_1: ScoreTexts | None = None
+    text_2: ScoreTexts | None = None
+    queries: ScoreTexts | None = None
+    documents: ScoreTexts | None = None
+    data_1: ScoreTexts | None = None
+    data_2: ScoreTexts | None = None
+    truncate_prompt_tokens: TruncateTokens = None
+
+
+class RerankDocument(BaseModel):
+    """A Cohere-style document object; only its ``text`` is scored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    text: StrictStr
+
+
+class RerankRequest(Request, ActivationSwitches):
+    """Jina / Cohere v1 / Cohere v2 rerank: a query and the documents to order."""
+
+    query: StrictStr
+    documents: list[StrictStr | RerankDocument]
+    top_n: StrictInt | None = None
+    return_documents: StrictBool = True
+    truncate_prompt_tokens: TruncateTokens = None
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _documents_have_text(cls, value: Any) -> Any:
+        # One clear message instead of pydantic's two union-branch errors.
+        if isinstance(value, list):
+            for i, doc in enumerate(value):
+                if isinstance(doc, str):
+                    continue
+                if isinstance(doc, dict) and isinstance(doc.get("text"), str):
+                    continue
+                raise ValueError(
+                    f"documents[{i}] must be a string or an object with a string `text`"
+                )
+        return value
+
+    def texts(self) -> list[str]:
+        """The documents' texts, in request order."""
+        return [d if isinstance(d, str) else d.text for d in self.documents]

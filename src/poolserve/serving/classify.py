@@ -1,0 +1,110 @@
+"""POST /classify, and POST /pooling for sequence-classification models.
+
+Promises: one result per input, in input order; ``probs`` are softmax(logits) for
+k >= 2 labels, sigmoid for k == 1 or a multi-label config, raw logits with
+``activation=false``; ``label`` is id2label of the argmax (null when unnamed).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidRequest
+from ..models.post import classify_probs
+from ..protocol.classify import ClassifyRequest
+from ..protocol.embeddings import PoolingRequest
+from .context import ServingContext, check_priority, dump_json, token_usage, usage
+from .prompts import sequences_for
+
+_POOLING_TASKS = ("classify",)
+
+
+def activation_flag(req: Any, *, where: str = "this model") -> bool:
+    """Resolve ``activation`` / ``use_activation`` (default on); 400 on the other switches.
+
+    ``normalize`` and ``softmax`` belong to embedding and per-token tasks, so naming
+    either is a 400 that says so; ``activation`` and ``use_activation`` must agree.
+    """
+    for name in ("normalize", "softmax"):
+        if getattr(req, name, None) is not None:
+            raise InvalidRequest(
+                f"`{name}` does not apply to {where}; use `activation`", param=name
+            )
+    if (
+        req.activation is not None
+        and req.use_activation is not None
+        and req.activation != req.use_activation
+    ):
+        raise InvalidRequest("`activation` and `use_activation` disagree", param="activation")
+    for value in (req.activation, req.use_activation):
+        if value is not None:
+            return bool(value)
+    return True
+
+
+async def logits_for(
+    ctx: ServingContext, req: Any, purpose: str
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Raw logits ``[n, num_labels]`` of a request's inputs (in order), and usage."""
+    seqs = await sequences_for(ctx, req, purpose)
+    outputs = await ctx.engine.submit(seqs)
+    return np.stack(outputs).astype(np.float32, copy=False), usage(seqs)
+
+
+async def create_classify(ctx: ServingContext, req: ClassifyRequest, request_id: str) -> bytes:
+    """Answer POST /classify with the response JSON bytes."""
+    ctx.require("Classification")
+    model = ctx.model_name(req.model)
+    check_priority(req)
+    activate = activation_flag(req, where="classification")
+    if req.messages is None and req.input == "":
+        raise InvalidRequest("Input cannot be empty for classification", param="input")
+    k = ctx.info.num_labels
+    if req.messages is None and req.input == []:
+        logits, used = np.zeros((0, k), np.float32), token_usage(0)
+    else:
+        logits, used = await logits_for(ctx, req, "classification")
+    probs = classify_probs(logits, multi_label=ctx.info.multi_label) if activate else logits
+    labels = ctx.info.labels
+    data = [
+        {"index": i, "label": labels[int(best)], "probs": row, "num_classes": k}
+        for i, (best, row) in enumerate(zip(probs.argmax(axis=1), probs, strict=True))
+    ]
+    body = {
+        "id": f"classify-{request_id}",
+        "object": "list",
+        "created": int(time.time()),
+        "model": model,
+        "data": data,
+        "usage": used,
+    }
+    return await dump_json(body, floats=probs.size)
+
+
+async def pooled_classifier_output(
+    ctx: ServingContext, req: PoolingRequest
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """/pooling for a classifier: the probability vector per input (after activation).
+
+    The activation is the served task's: a cross-encoder served for ``score`` uses its
+    score activation (sentence-transformers'), ``classify`` (or ``task: "classify"``)
+    uses the classification one; ``activation=false`` gives the raw logits.
+    """
+    if req.task is not None and req.task not in _POOLING_TASKS:
+        raise InvalidRequest(
+            f"task {req.task!r} is not supported by this model on /pooling "
+            f"(supported: {', '.join(_POOLING_TASKS)})",
+            param="task",
+        )
+    activate = activation_flag(req, where="classification models")
+    check_priority(req)
+    logits, used = await logits_for(ctx, req, "embedding generation")
+    if not activate:
+        return logits, used
+    score_activation = ctx.info.score_activation
+    if ctx.info.task == "score" and req.task is None and score_activation is not None:
+        return score_activation(logits), used
+    return classify_probs(logits, multi_label=ctx.info.multi_label), used
