@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -60,11 +61,11 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix:
                 dest, metavar=f.name.upper(), nargs="?", default=default, help=help_text
             )
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *meta.get("aliases", ())]
         base = _base_type(hints[f.name])
         if base is bool:
             parser.add_argument(
-                flag, dest=dest, action="store_true", default=default, help=help_text
+                *flags, dest=dest, action="store_true", default=default, help=help_text
             )
             continue
         kind = {"size": _size_arg, "json": _json_arg}.get(meta.get("parse", ""), base)
@@ -73,7 +74,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix:
             kwargs["choices"] = meta["choices"]
         if "nargs" in meta:
             kwargs["nargs"] = meta["nargs"]
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(*flags, **kwargs)
 
 
 _SECTIONS: dict[str, type] = {"model": ModelConfig, "engine": EngineConfig, "server": ServerConfig}
@@ -110,11 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(serve, ModelConfig, "model")
     add_dataclass_flags(serve, EngineConfig, "engine")
     add_dataclass_flags(serve, ServerConfig, "server")
-    serve.add_argument(
-        "--disable-log-requests",
-        action="store_true",
-        help="Accepted for vLLM compatibility (inputs are never logged by default).",
-    )
     embed = sub.add_parser("embed", help="Embed a file of texts offline (one per line).")
     add_dataclass_flags(embed, ModelConfig, "model")
     add_dataclass_flags(embed, EngineConfig, "engine")
@@ -164,7 +160,7 @@ def serve(config: Config) -> int:
         level=getattr(logging, level if level != "TRACE" else "DEBUG"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not config.server.enable_log_requests:
+    if config.server.disable_log_requests:
         logging.getLogger("poolserve.access").setLevel(logging.WARNING)
     ctx = build_context(config)
     app = create_app(ctx, config.server)
@@ -181,7 +177,9 @@ def serve(config: Config) -> int:
         ssl_keyfile=config.server.ssl_keyfile,
         ssl_certfile=config.server.ssl_certfile,
         access_log=False,
-        timeout_graceful_shutdown=30,
+        # uvicorn stops accepting, then waits this long for in-flight requests (queued
+        # engine work included) before it cancels them; the engine then stops.
+        timeout_graceful_shutdown=math.ceil(config.server.shutdown_grace),
     )
     return 0
 

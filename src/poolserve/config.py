@@ -126,10 +126,22 @@ class EngineConfig:
     max_num_seqs: int = field(default=256, metadata={"help": "Sequences one forward may take."})
     max_queued_requests: int = field(
         default=1024,
-        metadata={"help": "Requests admitted (queued or running) before new ones get 429."},
+        metadata={
+            "help": "Requests admitted at once (being read, tokenized, queued or computed); "
+            "past it new ones get 429 with Retry-After. Alias: --max-concurrent-requests.",
+            "aliases": ("--max-concurrent-requests",),
+        },
     )
     max_client_batch_size: int = field(
         default=4096, metadata={"help": "Inputs one request may carry (413 past it)."}
+    )
+    max_request_tokens: int = field(
+        default=4 * 2**20,
+        metadata={
+            "help": "Tokens one request may hand the model, all inputs together (413 past "
+            "it; /tokenize too). Accepts 4M forms.",
+            "parse": "size",
+        },
     )
 
 
@@ -150,6 +162,17 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = field(
         default=(), metadata={"help": "CORS origins allowed (none by default).", "nargs": "+"}
     )
+    allowed_methods: tuple[str, ...] = field(
+        default=("*",),
+        metadata={"help": "CORS methods allowed (with --allowed-origins).", "nargs": "+"},
+    )
+    allowed_headers: tuple[str, ...] = field(
+        default=("*",),
+        metadata={"help": "CORS request headers allowed (with --allowed-origins).", "nargs": "+"},
+    )
+    allow_credentials: bool = field(
+        default=False, metadata={"help": "CORS: allow credentials (with --allowed-origins)."}
+    )
     uvicorn_log_level: str = field(
         default="info",
         metadata={
@@ -158,7 +181,29 @@ class ServerConfig:
         },
     )
     enable_log_requests: bool = field(
-        default=False, metadata={"help": "Log request inputs (never logged otherwise)."}
+        default=False,
+        metadata={"help": "Add each request's body (cut to 2000 characters) to its log line."},
+    )
+    disable_log_requests: bool = field(
+        default=False,
+        metadata={
+            "help": "No per-request log line (by default one line per request: id, "
+            "endpoint, status, inputs, tokens, queue and compute time; never the inputs)."
+        },
+    )
+    request_timeout: float | None = field(
+        default=None,
+        metadata={
+            "help": "Seconds a POST request may take, body upload included; past it 504 and "
+            "its queued work is dropped. Default: no limit."
+        },
+    )
+    shutdown_grace: float = field(
+        default=30.0,
+        metadata={
+            "help": "On SIGTERM/SIGINT: seconds to finish in-flight and queued requests "
+            "before the rest are cancelled."
+        },
     )
     max_request_bytes: int = field(
         default=64 * 1024 * 1024,

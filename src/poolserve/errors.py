@@ -80,6 +80,20 @@ class EngineUnavailable(PoolserveError):
     error_type = "Overloaded"
 
 
+class RequestTimeout(PoolserveError):
+    """The request ran past ``--request-timeout``; its queued work was dropped (504)."""
+
+    status = 504
+    error_type = "RequestTimeout"
+
+
+class ClientClosedRequest(PoolserveError):
+    """The client went away before the request was read or answered (499, never sent)."""
+
+    status = 499
+    error_type = "ClientClosedRequest"
+
+
 class InternalError(PoolserveError):
     """A fault inside poolserve, e.g. the model's forward raised (500)."""
 

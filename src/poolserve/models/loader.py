@@ -123,6 +123,14 @@ def _max_model_len(
         raise ModelLoadError(
             f"--max-model-len {requested} exceeds the model's position embeddings ({max_pos})"
         )
+    if requested > natural:
+        log.warning(
+            "--max-model-len %d is above the model's configured limit (%d): outputs past "
+            "%d tokens were never seen in training",
+            requested,
+            natural,
+            natural,
+        )
     return requested
 
 
