@@ -11,7 +11,7 @@ $(BIN)/activate:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-.PHONY: install install-test serve test lint bench
+.PHONY: install install-test serve test lint bench bench-rerank
 install: $(BIN)/activate
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e .
@@ -33,3 +33,6 @@ test: install-test lint
 
 bench: install-test
 	$(BIN)/python benchmarks/embed_throughput.py $(ARGS)
+
+bench-rerank: install-test
+	$(BIN)/python benchmarks/rerank_throughput.py $(ARGS)

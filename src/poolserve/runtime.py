@@ -58,6 +58,7 @@ def build_context(config: Config) -> ServingContext:
         or default_token_budget(loaded.info.device, threads),
         max_num_seqs=config.engine.max_num_seqs,
         max_queued_requests=config.engine.max_queued_requests,
+        max_request_tokens=config.engine.max_request_tokens,
         workers=workers,
         observer=metrics,
     )

@@ -21,7 +21,9 @@ _TYPES = {
     405: "BadRequestError",
     413: "RequestTooLarge",
     429: "Overloaded",
+    499: "ClientClosedRequest",
     503: "Overloaded",
+    504: "RequestTimeout",
 }
 
 
@@ -46,9 +48,11 @@ def error_response(
     )
 
 
-def from_exception(exc: PoolserveError) -> Response:
+def from_exception(exc: PoolserveError, request_id: str | None = None) -> Response:
+    """The answer to ``exc``; ``request_id`` is appended to the message when given."""
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-    return error_response(exc.status, exc.message, exc.error_type, exc.param, headers)
+    message = exc.message if request_id is None else f"{exc.message} (request id {request_id})"
+    return error_response(exc.status, message, exc.error_type, exc.param, headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -58,13 +62,21 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"{field or 'body'}: {first.get('msg', 'invalid request')}", field
 
 
+def _request_id(request: Request) -> str:
+    """The id the gateway gave this request (the client's X-Request-Id, or a new one)."""
+    return str(getattr(request.state, "request_id", "") or request.headers.get("x-request-id", ""))
+
+
 def install(app: FastAPI) -> None:
     """Register the exception handlers that keep every answer in the error shape."""
 
     @app.exception_handler(PoolserveError)
     async def _poolserve(request: Request, exc: PoolserveError) -> Response:
         if exc.status >= 500:
-            log.error("request %s failed: %s", request.headers.get("x-request-id"), exc.message)
+            # A server-side fault: the id ties the client's answer to the log line.
+            rid = _request_id(request)
+            log.error("request %s failed: %s", rid, exc.message)
+            return from_exception(exc, request_id=rid)
         return from_exception(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -83,6 +95,6 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
-        rid = request.headers.get("x-request-id", "")
+        rid = _request_id(request)
         log.exception("unhandled error in request %s", rid)
         return error_response(500, f"internal error ({type(exc).__name__}); request id {rid}")

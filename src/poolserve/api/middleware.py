@@ -1,7 +1,10 @@
-"""One pure-ASGI middleware: request id, API-key check, body-size precheck, metrics."""
+"""One pure-ASGI middleware: request id, API key, admission, limits, timeout, disconnects,
+metrics and the access log."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import secrets
@@ -11,7 +14,15 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_response
+from ..accounting import RequestStats, current_request
+from ..errors import (
+    Overloaded,
+    PoolserveError,
+    RequestTimeout,
+    RequestTooLarge,
+    Unauthorized,
+)
+from .errors import from_exception
 
 log = logging.getLogger("poolserve.access")
 
@@ -27,6 +38,57 @@ _OPEN_PATHS = {
     "/redoc",
 }
 
+# Status recorded for a request whose client went away before its answer (nginx's).
+CLIENT_CLOSED = 499
+
+# With --enable-log-requests, this much of each body goes into its log line.
+LOGGED_BODY_CHARS = 2000
+
+# Messages other than http.disconnect the watcher tolerates after the body (uvicorn
+# sends none; the bound keeps a misbehaving server from spinning the watcher).
+_MAX_STRAY_MESSAGES = 100
+
+
+class _Exchange:
+    """One request's channel: the body as the app reads it, then the client's hang-up.
+
+    The app reads the body through :meth:`receive`. Once the body is complete the
+    watcher owns the server's receive channel: the only message left is
+    ``http.disconnect``, and the app (if it asks again) gets it when it comes.
+    """
+
+    def __init__(self, receive: Receive, keep_body: bool) -> None:
+        self._receive = receive
+        self.body_done = asyncio.Event()
+        self.disconnected = asyncio.Event()
+        self.keep_body = keep_body
+        self.body = bytearray()
+        self.response_started = False
+
+    async def receive(self) -> Message:
+        if self.body_done.is_set():
+            await self.disconnected.wait()
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.disconnected.set()
+        elif message["type"] == "http.request":
+            if self.keep_body and len(self.body) < LOGGED_BODY_CHARS:
+                self.body += message.get("body", b"")[:LOGGED_BODY_CHARS]
+            if not message.get("more_body", False):
+                self.body_done.set()
+        return message
+
+    async def watch(self) -> None:
+        """Return when the client hangs up (watching starts once the body is read)."""
+        await self.body_done.wait()
+        for _ in range(_MAX_STRAY_MESSAGES):
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected.set()
+                return
+        await asyncio.Event().wait()  # a server that never says: just never fire
+
 
 class GatewayMiddleware:
     """Runs before routing for every HTTP request.
@@ -35,7 +97,14 @@ class GatewayMiddleware:
     - with API keys set, answers 401 to any POST and to GET /v1/models without a
       matching ``Authorization: Bearer <key>`` (compared in constant time);
     - answers 413 early when Content-Length is over the body limit;
-    - records per-endpoint status and duration, and one access-log line.
+    - admits at most ``max_inflight`` POST requests at once (429 with Retry-After
+      past it, before the body is read, so memory stays bounded);
+    - runs each POST so that a client hanging up, or ``request_timeout`` passing,
+      cancels the handler: the engine then drops the request's queued sequences
+      (a timeout answers 504; a gone client gets nothing and is counted as 499);
+    - records per-endpoint status and duration, and one access-log line per POST
+      (and GET /v1/models) with what the engine did for it; never the API key,
+      and the body only with ``log_bodies``.
     """
 
     def __init__(
@@ -47,6 +116,9 @@ class GatewayMiddleware:
         metrics: Any,
         root_path: str = "",
         known_paths: set[str] | None = None,
+        max_inflight: int | None = None,
+        request_timeout: float | None = None,
+        log_bodies: bool = False,
     ) -> None:
         self.app = app
         self.keys = [k.encode() for k in api_keys if k]
@@ -55,6 +127,10 @@ class GatewayMiddleware:
         self.root_path = root_path.rstrip("/")
         # Metrics label only known routes, so random paths cannot grow the label set.
         self.known_paths = known_paths or set()
+        self.max_inflight = max_inflight
+        self.request_timeout = request_timeout
+        self.log_bodies = log_bodies
+        self.inflight = 0
 
     def _needs_key(self, method: str, path: str) -> bool:
         if not self.keys or path in _OPEN_PATHS or method == "OPTIONS":
@@ -69,6 +145,31 @@ class GatewayMiddleware:
         token = token.strip()
         # Check every key (no early exit) so timing says nothing about which matched.
         return any([hmac.compare_digest(token, key) for key in self.keys])
+
+    def _refusal(
+        self, method: str, path: str, headers: dict[bytes, bytes]
+    ) -> PoolserveError | None:
+        """The error that answers this request before it runs, or None."""
+        if self._needs_key(method, path) and not self._authorized(headers):
+            return Unauthorized("invalid or missing API key; send `Authorization: Bearer <key>`")
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_request_bytes:
+            return RequestTooLarge(
+                f"request body is over the limit of {self.max_request_bytes} bytes "
+                "(--max-request-bytes)"
+            )
+        if self._admits(method, path) and self.max_inflight is not None:
+            if self.inflight >= self.max_inflight:
+                return Overloaded(
+                    f"the server is at its limit of {self.max_inflight} concurrent requests "
+                    "(--max-queued-requests); retry later"
+                )
+        return None
+
+    @staticmethod
+    def _admits(method: str, path: str) -> bool:
+        """Requests that do work, so count against the admission limit."""
+        return method == "POST" and path not in _OPEN_PATHS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,41 +186,99 @@ class GatewayMiddleware:
             path = path[len(self.root_path) :] or "/"
         method = scope["method"]
         status_box = [500]
+        exchange = _Exchange(receive, keep_body=self.log_bodies)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
+                exchange.response_started = True
                 status_box[0] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
 
+        stats = RequestStats()
+        token = current_request.set(stats)
+        admitted = False
         try:
-            if self._needs_key(method, path) and not self._authorized(headers):
-                response = error_response(
-                    401, "invalid or missing API key; send `Authorization: Bearer <key>`"
-                )
-                await response(scope, receive, send_wrapper)
+            refusal = self._refusal(method, path, headers)
+            if refusal is not None:
+                await from_exception(refusal)(scope, receive, send_wrapper)
                 return
-            length = headers.get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_request_bytes:
-                response = error_response(
-                    413,
-                    f"request body is over the limit of {self.max_request_bytes} bytes "
-                    "(--max-request-bytes)",
-                )
-                await response(scope, receive, send_wrapper)
+            if not self._admits(method, path):
+                await self.app(scope, receive, send_wrapper)
                 return
-            await self.app(scope, receive, send_wrapper)
+            self.inflight += 1
+            admitted = True
+            gone = await self._run_guarded(scope, exchange, send_wrapper)
+            if gone:
+                status_box[0] = CLIENT_CLOSED
         finally:
+            if admitted:
+                self.inflight -= 1
+            current_request.reset(token)
             seconds = time.perf_counter() - started
             if method == "POST" or path == "/v1/models":
                 endpoint = path if path in self.known_paths else "other"
                 self.metrics.on_request(endpoint, status_box[0], seconds)
-                log.info(
-                    "request id=%s %s %s status=%d time=%.1fms",
-                    rid,
-                    method,
-                    path,
-                    status_box[0],
-                    seconds * 1000,
-                )
+                self._log(rid, method, path, status_box[0], seconds, stats, exchange)
+
+    async def _run_guarded(self, scope: Scope, exchange: _Exchange, send: Send) -> bool:
+        """Run the app for one POST; True when the client hung up before its answer.
+
+        A hang-up or the timeout before the response starts cancels the app (the
+        engine drops the request's queued work); a timeout then answers 504.
+        """
+        app_task = asyncio.ensure_future(self.app(scope, exchange.receive, send))
+        watch_task = asyncio.ensure_future(exchange.watch())
+        try:
+            done, _ = await asyncio.wait(
+                {app_task, watch_task},
+                timeout=self.request_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if app_task in done:
+                app_task.result()  # re-raise what the app raised
+                return False
+            if exchange.response_started:  # answering already: let it finish
+                await app_task
+                return False
+            app_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await app_task
+            if watch_task in done:
+                return True
+            error = RequestTimeout(
+                f"the request took longer than {self.request_timeout:g} s "
+                "(--request-timeout); its queued work was dropped"
+            )
+            await from_exception(error)(scope, exchange.receive, send)
+            return False
+        finally:
+            for task in (watch_task, app_task):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    def _log(
+        self,
+        rid: str,
+        method: str,
+        path: str,
+        status: int,
+        seconds: float,
+        stats: RequestStats,
+        exchange: _Exchange,
+    ) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        line = (
+            f"request id={rid} method={method} endpoint={path} status={status} "
+            f"inputs={stats.sequences} tokens={stats.tokens} "
+            f"queue_ms={stats.queue_seconds * 1000:.1f} "
+            f"compute_ms={stats.compute_seconds * 1000:.1f} total_ms={seconds * 1000:.1f}"
+        )
+        if self.log_bodies and exchange.body:
+            text = bytes(exchange.body[:LOGGED_BODY_CHARS]).decode("utf-8", "replace")
+            line += f" body={text!r}"
+        log.info("%s", line)

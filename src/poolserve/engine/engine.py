@@ -24,7 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import EngineUnavailable, InternalError, Overloaded, PoolserveError
+from ..accounting import current_request
+from ..errors import EngineUnavailable, InternalError, Overloaded, PoolserveError, RequestTooLarge
 from ..models.base import Backend, Batch, TokenSeq
 from .packer import choose_window
 
@@ -102,6 +103,7 @@ class Engine:
         max_num_batched_tokens: int = 8192,
         max_num_seqs: int = 256,
         max_queued_requests: int = 1024,
+        max_request_tokens: int | None = None,
         workers: int = 1,
         observer: EngineObserver | None = None,
     ) -> None:
@@ -109,6 +111,7 @@ class Engine:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.max_queued_requests = max_queued_requests
+        self.max_request_tokens = max_request_tokens
         # Batches run concurrently on this many model threads (data parallelism: on a
         # small CPU, two 1-thread forwards beat one 2-thread forward, which stalls
         # whenever any other work takes a core).
@@ -178,15 +181,29 @@ class Engine:
         return self._admitted
 
     # -- the public call -------------------------------------------------
+    def check_tokens(self, tokens: int) -> None:
+        """Raise RequestTooLarge when one request's ``tokens`` are over the limit."""
+        limit = self.max_request_tokens
+        if limit is not None and tokens > limit:
+            raise RequestTooLarge(
+                f"{tokens} tokens in one request is over the limit of {limit} "
+                "(--max-request-tokens)",
+                param="input",
+            )
+
     async def submit(self, seqs: Sequence[TokenSeq]) -> list[np.ndarray]:
         """Run ``seqs`` through the model; return one output per sequence, in order.
 
-        Raises Overloaded when ``max_queued_requests`` are already admitted,
+        Raises RequestTooLarge when ``seqs`` hold more than ``max_request_tokens``,
+        Overloaded when ``max_queued_requests`` are already admitted,
         EngineUnavailable when the engine is stopping or dead, InternalError when
-        the forward of a batch holding one of ``seqs`` failed.
+        the forward of a batch holding one of ``seqs`` failed. Cancelling the caller
+        removes its not yet computed sequences from the queue.
         """
         if not self._accepting or not self.alive:
             raise EngineUnavailable(self._dead_reason or "the engine is not running")
+        tokens = sum(len(s) for s in seqs)
+        self.check_tokens(tokens)
         if self._admitted >= self.max_queued_requests:
             raise Overloaded(
                 f"the server is at its limit of {self.max_queued_requests} queued requests; "
@@ -210,12 +227,18 @@ class Engine:
         assert self._wakeup is not None
         self._wakeup.set()
         try:
-            return await request.future
+            outputs = await request.future
         except asyncio.CancelledError:
             self._drop(request)
             raise
         finally:
             self._admitted -= 1
+        stats = current_request.get()
+        if stats is not None:
+            now = time.monotonic()
+            started = request.first_started or now
+            stats.add(len(seqs), tokens, started - request.arrived, now - started)
+        return outputs
 
     # -- internals -------------------------------------------------------
     def _drop(self, request: _Request) -> None:
@@ -317,12 +340,16 @@ class Engine:
             for request in {item.request for item in batch}:
                 self._fail(request, EngineUnavailable("the server is shutting down"))
             raise
-        except Exception as exc:
+        except BaseException as exc:
+            # Any fault, even a BaseException from the backend, answers this batch's
+            # requests (500) instead of leaving them waiting; the engine goes on.
             self.stats.failed_batches += 1
             log.exception("forward of a batch of %d sequences failed", len(seqs))
-            error = InternalError(f"the model failed on this request's batch: {exc}")
+            error = InternalError(f"the model failed on this request's batch: {exc!r}")
             for request in {item.request for item in batch}:
                 self._fail(request, error)
+            if not isinstance(exc, Exception):
+                raise
             return
         seconds = time.monotonic() - started
         tokens = sum(len(s) for s in seqs)

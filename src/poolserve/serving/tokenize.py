@@ -28,6 +28,7 @@ async def tokenize(ctx: ServingContext, req: TokenizeRequest) -> dict[str, Any]:
         text = req.prompt or ""
         add_special = True if req.add_special_tokens is None else req.add_special_tokens
     ids = await off_loop(proc.tokenize, text, add_special_tokens=add_special)
+    ctx.engine.check_tokens(len(ids))
     strs = await off_loop(proc.token_strings, ids) if req.return_token_strs else None
     return {
         "count": len(ids),
