@@ -57,6 +57,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "poolserve_queue_depth", "Sequences waiting for a batch.", ["model"], registry=r
         )
+        self.requests_inflight = Gauge(
+            "poolserve_requests_inflight",
+            "POST requests admitted and not yet answered (being read, queued or computed).",
+            ["model"],
+            registry=r,
+        )
         self.prompt_tokens = Counter(
             "poolserve_prompt_tokens", "Prompt tokens computed.", ["model"], registry=r
         )
@@ -88,6 +94,9 @@ class Metrics:
 
     def on_dropped(self, sequences: int) -> None:
         self.dropped_sequences.labels(self.model).inc(sequences)
+
+    def on_inflight(self, requests: int) -> None:
+        self.requests_inflight.labels(self.model).set(requests)
 
     def on_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(self.model, endpoint, str(status)).inc()

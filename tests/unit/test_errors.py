@@ -25,6 +25,8 @@ EXPECTED = {
     E.Overloaded: (429, "Overloaded"),
     E.EngineUnavailable: (503, "Overloaded"),
     E.InternalError: (500, "InternalServerError"),
+    E.RequestTimeout: (504, "RequestTimeout"),
+    E.ClientClosedRequest: (499, "ClientClosedRequest"),
 }
 
 

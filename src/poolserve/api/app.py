@@ -61,19 +61,12 @@ def create_app(ctx: ServingContext, server: ServerConfig | None = None) -> FastA
     )
     app.state.ctx = ctx
     app.state.max_request_bytes = server.max_request_bytes
-    app.state.shutdown_grace = 30.0
+    app.state.shutdown_grace = server.shutdown_grace
     errors.install(app)
     routers = [module.router for module in (embeddings, score, classify, tokenize, ops)]
     for router in routers:
         app.include_router(router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    if server.allowed_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(server.allowed_origins),
-            allow_methods=["*"],
-            allow_headers=["*"],
-        )
     known = _route_paths([*app.routes, *(r for router in routers for r in router.routes)])
     app.add_middleware(
         GatewayMiddleware,
@@ -82,5 +75,18 @@ def create_app(ctx: ServingContext, server: ServerConfig | None = None) -> FastA
         metrics=ctx.metrics,
         root_path=server.root_path,
         known_paths=known,
+        max_inflight=ctx.engine.max_queued_requests,
+        request_timeout=server.request_timeout,
+        log_bodies=server.enable_log_requests,
     )
+    # Added last, so outermost: the gateway's own answers (401, 413, 429, 504) carry
+    # the CORS headers too, and browsers can read them.
+    if server.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(server.allowed_origins),
+            allow_methods=list(server.allowed_methods),
+            allow_headers=list(server.allowed_headers),
+            allow_credentials=server.allow_credentials,
+        )
     return app

@@ -8,12 +8,17 @@ from typing import Any, TypeVar
 import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
-from ..errors import InvalidRequest, RequestTooLarge
+from ..errors import ClientClosedRequest, InvalidRequest, RequestTooLarge
 
 log = logging.getLogger("poolserve.api")
 
 M = TypeVar("M", bound=BaseModel)
+
+# Deepest JSON nesting accepted (the deepest request schema needs 4 levels; chat
+# template kwargs a few more). orjson itself refuses more than 1024 levels.
+MAX_JSON_DEPTH = 64
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -27,14 +32,37 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing more than ``limit`` bytes (413) even without Content-Length."""
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLarge(
-                f"request body is over the limit of {limit} bytes (--max-request-bytes)"
-            )
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge(
+                    f"request body is over the limit of {limit} bytes (--max-request-bytes)"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise ClientClosedRequest("the client went away while sending the body") from exc
     return b"".join(chunks)
+
+
+def deeper_than(raw: bytes, data: Any, limit: int) -> bool:
+    """True when the parsed JSON ``data`` (from ``raw``) nests more than ``limit`` levels.
+
+    Cheap: a body with at most ``limit`` brackets cannot be that deep; otherwise only
+    containers are descended into, and each list's element types are read in C.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        kinds = set(map(type, children))
+        if list in kinds or dict in kinds:
+            stack.extend((c, depth + 1) for c in children if isinstance(c, (list, dict)))
+    return False
 
 
 _TYPE_TAGS = {"str", "int", "bool", "float", "list", "dict", "none", "tuple", "set"}
@@ -70,6 +98,8 @@ async def parse(request: Request, model: type[M]) -> M:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    if deeper_than(raw, data, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"the request body nests JSON more than {MAX_JSON_DEPTH} levels deep")
     try:
         parsed = model.model_validate(data)
     except ValidationError as exc:

@@ -76,7 +76,7 @@ def install(app: FastAPI) -> None:
             # A server-side fault: the id ties the client's answer to the log line.
             rid = _request_id(request)
             log.error("request %s failed: %s", rid, exc.message)
-            return from_exception(exc, request_id=rid)
+            return from_exception(exc, request_id=rid or None)
         return from_exception(exc)
 
     @app.exception_handler(RequestValidationError)

@@ -158,12 +158,12 @@ class GatewayMiddleware:
                 f"request body is over the limit of {self.max_request_bytes} bytes "
                 "(--max-request-bytes)"
             )
-        if self._admits(method, path) and self.max_inflight is not None:
-            if self.inflight >= self.max_inflight:
-                return Overloaded(
-                    f"the server is at its limit of {self.max_inflight} concurrent requests "
-                    "(--max-queued-requests); retry later"
-                )
+        limit = self.max_inflight
+        if self._admits(method, path) and limit is not None and self.inflight >= limit:
+            return Overloaded(
+                f"the server is at its limit of {limit} concurrent requests "
+                "(--max-queued-requests); retry later"
+            )
         return None
 
     @staticmethod
@@ -209,12 +209,14 @@ class GatewayMiddleware:
                 return
             self.inflight += 1
             admitted = True
+            self.metrics.on_inflight(self.inflight)
             gone = await self._run_guarded(scope, exchange, send_wrapper)
             if gone:
                 status_box[0] = CLIENT_CLOSED
         finally:
             if admitted:
                 self.inflight -= 1
+                self.metrics.on_inflight(self.inflight)
             current_request.reset(token)
             seconds = time.perf_counter() - started
             if method == "POST" or path == "/v1/models":

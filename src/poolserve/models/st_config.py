@@ -124,18 +124,24 @@ def is_sentence_transformers_folder(path: Path) -> bool:
     return (path / "modules.json").is_file()
 
 
-def read_st_pipeline(root: Path) -> STPipeline:
-    """Read ``root``'s modules.json and module configs.
-
-    Raises ModelLoadError naming any module type poolserve does not implement, so a
-    model is never served with part of its pipeline silently dropped.
-    """
+def _read_modules(root: Path) -> list[dict[str, Any]]:
+    """``root/modules.json`` as a list of module objects (ModelLoadError otherwise)."""
     try:
         modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {root / 'modules.json'}: {exc}") from exc
     if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
         raise ModelLoadError(f"{root / 'modules.json'} is not a list of module objects")
+    return modules
+
+
+def read_st_pipeline(root: Path) -> STPipeline:
+    """Read ``root``'s modules.json and module configs.
+
+    Raises ModelLoadError naming any module type poolserve does not implement, so a
+    model is never served with part of its pipeline silently dropped.
+    """
+    modules = _read_modules(root)
     transformer_path = root
     modes: tuple[str, ...] = ("mean",)
     include_prompt = True
@@ -222,12 +228,7 @@ def read_cross_encoder_folder(root: Path) -> CrossEncoderFolder:
     a default prompt, which poolserve does not apply to pairs: refusing is better than
     serving scores that differ from sentence-transformers.
     """
-    try:
-        modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {root / 'modules.json'}: {exc}") from exc
-    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
-        raise ModelLoadError(f"{root / 'modules.json'} is not a list of module objects")
+    modules = _read_modules(root)
     kinds = [_MODULE_KINDS.get(str(m.get("type", "")).rsplit(".", 1)[-1]) for m in modules]
     if kinds != ["transformer"]:
         raise ModelLoadError(

@@ -16,7 +16,14 @@ from ..errors import InvalidRequest
 from ..models.post import classify_probs
 from ..protocol.classify import ClassifyRequest
 from ..protocol.embeddings import PoolingRequest
-from .context import ServingContext, check_priority, dump_json, token_usage, usage
+from .context import (
+    ServingContext,
+    check_priority,
+    dump_json,
+    resolve_switch,
+    token_usage,
+    usage,
+)
 from .prompts import sequences_for
 
 _POOLING_TASKS = ("classify",)
@@ -28,21 +35,9 @@ def activation_flag(req: Any, *, where: str = "this model") -> bool:
     ``normalize`` and ``softmax`` belong to embedding and per-token tasks, so naming
     either is a 400 that says so; ``activation`` and ``use_activation`` must agree.
     """
-    for name in ("normalize", "softmax"):
-        if getattr(req, name, None) is not None:
-            raise InvalidRequest(
-                f"`{name}` does not apply to {where}; use `activation`", param=name
-            )
-    if (
-        req.activation is not None
-        and req.use_activation is not None
-        and req.activation != req.use_activation
-    ):
-        raise InvalidRequest("`activation` and `use_activation` disagree", param="activation")
-    for value in (req.activation, req.use_activation):
-        if value is not None:
-            return bool(value)
-    return True
+    return resolve_switch(
+        req, ("activation", "use_activation"), True, rejected=("normalize", "softmax"), where=where
+    )
 
 
 async def logits_for(

@@ -119,3 +119,25 @@ async def dump_json(body: dict[str, Any], floats: int = 0) -> bytes:
     if floats > _OFFLOAD_FLOATS:
         return await off_loop(orjson.dumps, body, option=opts)
     return orjson.dumps(body, option=opts)
+
+
+def resolve_switch(
+    req: Any, names: tuple[str, str], default: bool, *, rejected: tuple[str, ...], where: str
+) -> bool:
+    """The value of an activation switch known by two names (e.g. ``normalize`` and
+    ``use_activation``), else ``default``.
+
+    The two names must agree when both are sent; a switch in ``rejected`` does not
+    apply to ``where`` and is a 400 naming it.
+    """
+    first, second = names
+    for name in rejected:
+        if getattr(req, name, None) is not None:
+            raise InvalidRequest(f"`{name}` does not apply to {where}; use `{first}`", param=name)
+    a, b = getattr(req, first), getattr(req, second)
+    if a is not None and b is not None and a != b:
+        raise InvalidRequest(f"`{first}` and `{second}` disagree", param=first)
+    for value in (a, b):
+        if value is not None:
+            return bool(value)
+    return default

@@ -13,7 +13,7 @@ from ..models.base import CLASSIFIER
 from ..models.post import finish_embeddings
 from ..protocol.embeddings import EmbeddingRequest, PoolingRequest
 from .classify import pooled_classifier_output
-from .context import ServingContext, check_priority, dump_json, usage
+from .context import ServingContext, check_priority, dump_json, resolve_switch, usage
 from .prompts import sequences_for
 
 _POOLING_TASKS = ("embed",)
@@ -21,21 +21,13 @@ _POOLING_TASKS = ("embed",)
 
 def _normalize_flag(ctx: ServingContext, req: EmbeddingRequest) -> bool:
     """Resolve the activation switches that apply to embeddings; 400 on the others."""
-    for name in ("activation", "softmax"):
-        if getattr(req, name) is not None:
-            raise InvalidRequest(
-                f"`{name}` does not apply to embedding models; use `normalize`", param=name
-            )
-    if (
-        req.normalize is not None
-        and req.use_activation is not None
-        and req.normalize != req.use_activation
-    ):
-        raise InvalidRequest("`normalize` and `use_activation` disagree", param="normalize")
-    for value in (req.normalize, req.use_activation):
-        if value is not None:
-            return value
-    return ctx.info.normalize
+    return resolve_switch(
+        req,
+        ("normalize", "use_activation"),
+        ctx.info.normalize,
+        rejected=("activation", "softmax"),
+        where="embedding models",
+    )
 
 
 def _dimensions(ctx: ServingContext, req: EmbeddingRequest, model: str) -> int | None:
