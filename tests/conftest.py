@@ -33,12 +33,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``tiny(kind, **kwargs) -> Path``; kind is "encoder", "st" or "cross"; cached per args."""
+    """``tiny(kind, **kwargs) -> Path``; kind is "encoder", "st", "cross" or "decoder".
+
+    Cached per args."""
     cache: dict[str, Path] = {}
     builders = {
         "encoder": tiny_models.build_encoder,
         "st": tiny_models.build_st_folder,
         "cross": tiny_models.build_cross_encoder,
+        "decoder": tiny_models.build_decoder,
     }
 
     def build(kind: str, *args: Any, **kwargs: Any) -> Path:

@@ -136,10 +136,10 @@ class EngineConfig:
         default=4096, metadata={"help": "Inputs one request may carry (413 past it)."}
     )
     max_request_tokens: int = field(
-        default=4 * 2**20,
+        default=2**20,
         metadata={
             "help": "Tokens one request may hand the model, all inputs together (413 past "
-            "it; /tokenize too). Accepts 4M forms.",
+            "it; /tokenize too). Accepts 1M forms.",
             "parse": "size",
         },
     )

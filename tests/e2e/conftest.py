@@ -30,6 +30,7 @@ class ServerProcess:
     args: list[str]
     log_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    module: str = "poolserve"  # tests.e2e.launch: the same with a test backend wrapper
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
@@ -39,7 +40,7 @@ class ServerProcess:
 
     def start(self, *, with_port: bool = True) -> ServerProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "poolserve", "serve", *self.args]
+        argv = [sys.executable, "-m", self.module, "serve", *self.args]
         if with_port:
             self.port = free_port()
             argv += ["--host", "127.0.0.1", "--port", str(self.port)]

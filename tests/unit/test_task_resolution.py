@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from poolserve.errors import ModelLoadError
-from poolserve.models.base import CLASSIFIER, EMBEDDING, ModelInfo
+from poolserve.models.base import CLASSIFIER, EMBEDDING, TOKENS, ModelInfo
 from poolserve.models.loader import _resolve_task
 from poolserve.models.st_config import STPipeline, read_cross_encoder_folder, st_model_type
 from poolserve.serving.context import ENDPOINTS_BY_TASK, model_kind
@@ -39,6 +39,30 @@ def test_auto(config: Any, st: STPipeline | None, task: str, head: str) -> None:
     assert _resolve_task("auto", config, st, ROOT) == (task, head)
 
 
+@pytest.mark.parametrize(
+    ("config", "requested", "convert", "expected"),
+    [
+        (cfg("LlamaForRewardModel", "llama"), "auto", "auto", ("reward", TOKENS)),
+        (cfg("Qwen2ForSequenceClassification", "qwen2", 2), "reward", "auto", ("reward", TOKENS)),
+        (cfg("Qwen2ForCausalLM", "qwen2"), "auto", "auto", ("embed", EMBEDDING)),
+        (cfg("Qwen2ForCausalLM", "qwen2"), "auto", "embed", ("embed", EMBEDDING)),
+        (cfg("Qwen2ForCausalLM", "qwen2"), "auto", "reward", ("reward", TOKENS)),
+        # --convert only decides when --task is auto
+        (cfg("Qwen2ForCausalLM", "qwen2"), "embed", "reward", ("embed", EMBEDDING)),
+    ],
+)
+def test_decoders(config: Any, requested: str, convert: str, expected: tuple[str, str]) -> None:
+    assert _resolve_task(requested, config, None, ROOT, convert) == expected
+
+
+def test_classifier_from_token() -> None:
+    """The reranker recipes make a *ForCausalLM a classifier (one label: classify + /score)."""
+    config = cfg("Qwen3ForCausalLM", "qwen3")
+    config.classifier_from_token = ["no", "yes"]
+    assert _resolve_task("auto", config, None, ROOT) == ("classify", CLASSIFIER)
+    assert _resolve_task("score", config, None, ROOT) == ("score", CLASSIFIER)
+
+
 def test_explicit_tasks() -> None:
     one = cfg("BertForSequenceClassification")
     assert _resolve_task("classify", one, None, ROOT) == ("classify", CLASSIFIER)
@@ -54,7 +78,7 @@ def test_explicit_tasks() -> None:
         ("score", cfg("BertForSequenceClassification", labels=2), "one label"),
         ("classify", cfg("BertModel"), "ForSequenceClassification"),
         ("reward", cfg("BertModel"), "reward"),
-        ("auto", cfg("LlamaForRewardModel", "llama"), "reward"),
+        ("classify", cfg("LlamaForCausalLM", "llama"), "classifier_from_token"),
     ],
 )
 def test_refused(task: str, config: Any, match: str) -> None:
@@ -81,6 +105,8 @@ def info(head: str, labels: int, task: str) -> ModelInfo:
          {"Embeddings"}),
         (info(CLASSIFIER, 2, "classify"), {"Classification", "Pooling"},
          {"Score", "Rerank", "Embeddings"}),
+        (info(TOKENS, 0, "reward"), {"Pooling"},
+         {"Classification", "Score", "Rerank", "Embeddings"}),
     ],
 )  # fmt: skip
 def test_endpoint_table(model: ModelInfo, enabled: set[str], disabled: set[str]) -> None:

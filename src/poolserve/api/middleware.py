@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..accounting import RequestStats, current_request
 from ..errors import (
+    EngineUnavailable,
     Overloaded,
     PoolserveError,
     RequestTimeout,
@@ -228,10 +229,12 @@ class GatewayMiddleware:
         """Run the app for one POST; True when the client hung up before its answer.
 
         A hang-up or the timeout before the response starts cancels the app (the
-        engine drops the request's queued work); a timeout then answers 504.
+        engine drops the request's queued work); a timeout then answers 504. When the
+        server cancels the request (its shutdown grace period is over), it gets 503.
         """
         app_task = asyncio.ensure_future(self.app(scope, exchange.receive, send))
         watch_task = asyncio.ensure_future(exchange.watch())
+        error: PoolserveError | None = None
         try:
             done, _ = await asyncio.wait(
                 {app_task, watch_task},
@@ -244,23 +247,28 @@ class GatewayMiddleware:
             if exchange.response_started:  # answering already: let it finish
                 await app_task
                 return False
-            app_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await app_task
             if watch_task in done:
                 return True
             error = RequestTimeout(
                 f"the request took longer than {self.request_timeout:g} s "
                 "(--request-timeout); its queued work was dropped"
             )
-            await from_exception(error)(scope, exchange.receive, send)
-            return False
+        except asyncio.CancelledError:
+            if exchange.response_started:
+                raise
+            # Not uvicorn's bare 500 with a traceback: an answer in the error shape.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            error = EngineUnavailable("the server is shutting down")
         finally:
-            for task in (watch_task, app_task):
+            for task in (watch_task, app_task):  # the app's cancellation drops its work
                 if not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+        await from_exception(error)(scope, exchange.receive, send)
+        return False
 
     def _log(
         self,

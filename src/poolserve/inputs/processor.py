@@ -5,7 +5,13 @@ Promises:
   server (``--auto-truncate``) asks; an over-long input is a 400 naming its length;
 - ``truncate_prompt_tokens=k`` keeps the first k tokens of text (special tokens
   included in k) and the last k of token-id input; -1 means the max length;
-- token ids are checked against the vocabulary.
+- token ids are checked against the vocabulary;
+- tokenization work and memory stay bounded whatever a request holds (the
+  tokenizer's output costs ~300 bytes a token): a text much longer than the limit
+  is first measured on small whitespace-cut chunks, so one far over it is refused
+  (or, when truncating, cut to a prefix with the same first tokens) after a small
+  tokenization; a batch is encoded in slices of bounded size, and the first
+  over-long input ends it.
 
 The Hugging Face fast tokenizer mutates its truncation state per call, so calls
 are serialized with a lock; callers run these methods off the event loop.
@@ -17,17 +23,47 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, RequestTooLarge
 from ..models.base import InputRules, TokenSeq
 
+# A text longer than this many characters per allowed token is measured by chunks
+# before it is tokenized whole (no tokenizer has more than a few characters a token
+# on average, so such a text is almost surely over the limit).
+_PROBE_CHARS_PER_TOKEN = 8
+# Tokens a chunk cut may add or lose next to the cut (0 at a space for tokenizers
+# that split on whitespace; a few where a word is cut): counted against each chunk.
+_PROBE_MARGIN = 16
+# Texts up to this many characters are always tokenized whole, so an over-long one
+# is refused with its exact token count (as vLLM does); longer ones may be refused
+# with a lower bound ("more than N tokens").
+_EXACT_CHARS = 1 << 14
+# /tokenize measures texts over this many characters against --max-request-tokens.
+_TOKENIZE_PROBE_CHARS = 1 << 16
+# A batch is encoded in slices of at most this many characters (or one text).
+_SLICE_CHARS = 1 << 16
 
-def context_error(max_len: int, n: int, purpose: str) -> InvalidRequest:
-    """vLLM's over-length message, word for word."""
+
+def context_error(max_len: int, n: int, purpose: str, *, at_least: bool = False) -> InvalidRequest:
+    """vLLM's over-length message, word for word (``at_least``: N is a lower bound)."""
+    requested = f"more than {n}" if at_least else str(n)
     return InvalidRequest(
         f"This model's maximum context length is {max_len} tokens. However, you requested "
-        f"{n} tokens in the input for {purpose}. Please reduce the length of the input.",
+        f"{requested} tokens in the input for {purpose}. Please reduce the length of the input.",
         param="input",
     )
+
+
+def _slices(texts: list[str]) -> list[list[str]]:
+    """Consecutive runs of ``texts`` of at most _SLICE_CHARS characters (or one text)."""
+    out: list[list[str]] = []
+    size = _SLICE_CHARS + 1
+    for text in texts:
+        if size + len(text) > _SLICE_CHARS:
+            out.append([])
+            size = 0
+        out[-1].append(text)
+        size += len(text)
+    return out
 
 
 def message_text(content: Any) -> str:
@@ -109,11 +145,57 @@ class InputProcessor:
         batch = [prompt + t if prompt else t for t in texts]
         if self.rules.do_lower_case:
             batch = [t.lower() for t in batch]
-        enc = self._encode(batch, add_special_tokens, k)
+        batch = [self._bounded(t, k, purpose) for t in batch]
         prompt_len = 0
         if prompt:
             prompt_len = self._prompt_len if add_special_tokens else self._plain_prompt_len
-        return self._sequences(enc, k, purpose, prompt_len)
+        out: list[TokenSeq] = []
+        for part in _slices(batch):
+            enc = self._encode(part, add_special_tokens, k)
+            out.extend(self._sequences(enc, k, purpose, prompt_len))
+        return out
+
+    def _bounded(self, text: str, k: int | None, purpose: str) -> str:
+        """``text``, or (truncating to ``k``) a prefix of it with the same first k tokens.
+
+        A text too long to be tokenized whole cheaply is measured by chunks first:
+        over the max length it is a 400 (without truncation), or it is cut (with).
+        """
+        limit = k if k is not None else self.rules.max_model_len
+        chunk = (limit + _PROBE_MARGIN) * _PROBE_CHARS_PER_TOKEN
+        if len(text) <= max(2 * chunk, _EXACT_CHARS):
+            return text
+        found = self._proven_head(text, limit, chunk)
+        if found is None:  # few tokens in many characters: tokenize it whole
+            return text
+        end, at_least = found
+        if k is None:
+            raise context_error(self.rules.max_model_len, at_least, purpose, at_least=True)
+        return text[:end]
+
+    def _proven_head(self, text: str, need: int, chunk: int) -> tuple[int, int] | None:
+        """``(end, n)``: ``text[:end]`` surely has ``n`` > ``need`` tokens (specials aside),
+        its first ``need`` tokens those of the whole text; None if ``text`` has no such
+        prefix (it is not longer than ``need`` tokens by a clear margin).
+
+        Tokenizes whitespace-cut chunks of about ``chunk`` characters until the count,
+        less a margin per cut, passes ``need``: work and memory stay those of a prefix.
+        """
+        total = cuts = start = 0
+        n = len(text)
+        while start < n:
+            end = min(n, start + chunk)
+            if end < n:
+                space = text.rfind(" ", start + chunk // 2, end)
+                end = space if space > start else end
+            with self._lock:
+                ids = self.tokenizer(text[start:end], add_special_tokens=False)["input_ids"]
+            total += len(ids)
+            cuts += 1
+            start = end
+            if total - cuts * _PROBE_MARGIN > need:
+                return end, total - cuts * _PROBE_MARGIN
+        return None
 
     def _encode(self, batch: list[str], add_special_tokens: bool, k: int | None) -> dict[str, Any]:
         """Token ids (and type ids) of ``batch``, truncated to ``k`` tokens when given."""
@@ -191,6 +273,10 @@ class InputProcessor:
         a, b = list(firsts), list(seconds)
         if self.rules.do_lower_case:
             a, b = [t.lower() for t in a], [t.lower() for t in b]
+        # A text far over the limit on its own is refused (or, truncating, cut) after a
+        # small tokenization; longest-first truncation of the pair keeps the same tokens.
+        a = [self._bounded(t, k, purpose) for t in a]
+        b = [self._bounded(t, k, purpose) for t in b]
         if not a:
             return []
         with self._lock:
@@ -287,8 +373,22 @@ class InputProcessor:
             use_prompt=False,
         )[0]
 
-    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text``, never truncated (for /tokenize)."""
+    def tokenize(
+        self, text: str, *, add_special_tokens: bool = True, max_tokens: int | None = None
+    ) -> list[int]:
+        """Token ids of ``text``, never truncated (for /tokenize).
+
+        Raises RequestTooLarge, after tokenizing only a prefix, when ``text`` surely
+        has more than ``max_tokens`` tokens (the caller checks the exact count).
+        """
+        if max_tokens is not None and len(text) > _TOKENIZE_PROBE_CHARS:
+            found = self._proven_head(text, max_tokens, _TOKENIZE_PROBE_CHARS)
+            if found is not None:
+                raise RequestTooLarge(
+                    f"the prompt has more than {found[1]} tokens, over the limit of "
+                    f"{max_tokens} tokens in one request (--max-request-tokens)",
+                    param="prompt",
+                )
         with self._lock:
             enc = self.tokenizer(text, add_special_tokens=add_special_tokens, truncation=False)
         return list(enc["input_ids"])

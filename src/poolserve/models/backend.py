@@ -2,7 +2,11 @@
 
 - :class:`TorchEmbeddingBackend`: a base encoder, then pooling and Dense layers;
 - :class:`TorchClassifierBackend`: a ``*ForSequenceClassification`` model, whose rows
-  are the raw logits (activations are per request, see :mod:`poolserve.models.post`).
+  are the raw logits (activations are per request, see :mod:`poolserve.models.post`);
+- :class:`TorchTokenBackend`: per-token rows (reward models: ALL and STEP pooling).
+
+A decoder's sequence classifier runs as an embedding backend (LAST pooling, then its
+head as the post-pooling module): the last real token comes from the attention mask.
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ from .pooler import pool
 
 
 class TorchBackend:
-    """What the torch backends share: batch padding (right side) and the warm-up."""
+    """What the torch backends share: batch padding and the warm-up.
+
+    Rows are padded on ``padding_side`` (right by default; the result does not depend on
+    it). With ``position_ids`` (decoders) positions are counted over real tokens only,
+    so a left-padded row sees the positions of its unpadded self.
+    """
 
     def __init__(
         self,
@@ -27,11 +36,17 @@ class TorchBackend:
         pad_token_id: int = 0,
         uses_token_type_ids: bool = False,
         device: torch.device,
+        padding_side: str = "right",
+        position_ids: bool = False,
     ) -> None:
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
         self.model = model
         self.pad_token_id = pad_token_id
         self.uses_token_type_ids = uses_token_type_ids
         self.device = device
+        self.padding_side = padding_side
+        self.position_ids = position_ids
         self.pad_multiple = 16 if device.type == "cuda" else 1
         if device.type == "cuda":
             # SDPA's cuDNN path builds a new cuDNN graph for every (rows, width) shape,
@@ -49,22 +64,26 @@ class TorchBackend:
         ids = np.full((len(seqs), width), self.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(seqs), width), dtype=np.int64)
         types = np.zeros((len(seqs), width), dtype=np.int64) if self.uses_token_type_ids else None
+        left = self.padding_side == "left"
         for row, seq in enumerate(seqs):
             n = len(seq)
-            ids[row, :n] = seq.token_ids
-            mask[row, :n] = 1
+            cols = slice(width - n, width) if left else slice(0, n)
+            ids[row, cols] = seq.token_ids
+            mask[row, cols] = 1
             if types is not None and seq.token_type_ids is not None:
-                types[row, :n] = seq.token_type_ids
+                types[row, cols] = seq.token_type_ids
         out = {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.from_numpy(mask),
         }
         if types is not None:
             out["token_type_ids"] = torch.from_numpy(types)
+        if self.position_ids:
+            out["position_ids"] = torch.from_numpy(np.maximum(mask.cumsum(axis=1) - 1, 0))
         return {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
 
-    def forward(self, batch: Batch) -> np.ndarray:
-        """One float32 row per sequence of ``batch``."""
+    def forward(self, batch: Batch) -> np.ndarray | list[np.ndarray]:
+        """One float32 row (or per-token array) per sequence of ``batch``."""
         raise NotImplementedError
 
     def warmup(self) -> None:
@@ -89,19 +108,28 @@ class TorchEmbeddingBackend(TorchBackend):
         pad_token_id: int = 0,
         uses_token_type_ids: bool = False,
         device: torch.device,
+        padding_side: str = "right",
+        position_ids: bool = False,
     ) -> None:
         super().__init__(
             model,
             pad_token_id=pad_token_id,
             uses_token_type_ids=uses_token_type_ids,
             device=device,
+            padding_side=padding_side,
+            position_ids=position_ids,
         )
         self.pooling_modes = pooling_modes
         self.dense = nn.Sequential(*dense).to(device).float().eval() if dense else None
 
     @torch.inference_mode()
-    def forward(self, batch: Batch) -> np.ndarray:
-        """Pooled vectors [len(batch), dim] as float32 numpy (rows are the outputs)."""
+    def forward(self, batch: Batch) -> np.ndarray | list[np.ndarray]:
+        """Pooled vectors [len(batch), dim] as float32 numpy (rows are the outputs).
+
+        A sequence with ``per_token`` gets its per-token rows ``[num_tokens, width]``
+        instead (``hidden``: the hidden states; ``head``: the post-pooling modules on
+        every token), and the batch's outputs are then a list.
+        """
         inputs = self._tensors(batch)
         hidden = self.model(**inputs).last_hidden_state
         prompt_lens = None
@@ -112,7 +140,20 @@ class TorchEmbeddingBackend(TorchBackend):
         pooled = pool(hidden, inputs["attention_mask"], self.pooling_modes, prompt_lens)
         if self.dense is not None:
             pooled = self.dense(pooled)
-        return pooled.float().cpu().numpy()
+        out = pooled.float().cpu().numpy()
+        if not any(s.per_token for s in batch.sequences):
+            return out
+        keep = inputs["attention_mask"].bool()
+        rows: list[np.ndarray] = []
+        for i, seq in enumerate(batch.sequences):
+            if not seq.per_token:
+                rows.append(out[i])
+                continue
+            tokens = hidden[i, keep[i]].float()
+            if seq.per_token == "head" and self.dense is not None:
+                tokens = self.dense(tokens)
+            rows.append(tokens.cpu().numpy())
+        return rows
 
 
 class TorchClassifierBackend(TorchBackend):
@@ -127,3 +168,50 @@ class TorchClassifierBackend(TorchBackend):
         """Logits [len(batch), num_labels] as float32 numpy."""
         logits = self.model(**self._tensors(batch)).logits
         return logits.float().cpu().numpy()
+
+
+class TorchTokenBackend(TorchBackend):
+    """Per-token outputs of a base model and an optional head (reward models).
+
+    Returns, per sequence, float32 rows ``[num_tokens, width]``: ``head(hidden)`` of every
+    real token (``width`` = the head's outputs, or the hidden size without a head). With
+    ``step_tag_id`` (STEP pooling) only the rows at positions holding that token; with
+    ``returned_token_ids`` only those columns. Activations are per request.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        head: nn.Module | None = None,
+        step_tag_id: int | None = None,
+        returned_token_ids: Sequence[int] | None = None,
+        pad_token_id: int = 0,
+        device: torch.device,
+        padding_side: str = "right",
+        position_ids: bool = True,
+    ) -> None:
+        super().__init__(
+            model,
+            pad_token_id=pad_token_id,
+            device=device,
+            padding_side=padding_side,
+            position_ids=position_ids,
+        )
+        self.head = head
+        self.step_tag_id = step_tag_id
+        self.returned = list(returned_token_ids) if returned_token_ids is not None else None
+
+    @torch.inference_mode()
+    def forward(self, batch: Batch) -> list[np.ndarray]:
+        """One float32 ``[rows, width]`` array per sequence."""
+        inputs = self._tensors(batch)
+        hidden = self.model(**inputs).last_hidden_state
+        out = self.head(hidden) if self.head is not None else hidden
+        if self.returned is not None:
+            out = out[..., self.returned]
+        out = out.float()
+        keep = inputs["attention_mask"].bool()
+        if self.step_tag_id is not None:
+            keep &= inputs["input_ids"] == self.step_tag_id
+        return [out[row, keep[row]].cpu().numpy() for row in range(out.size(0))]

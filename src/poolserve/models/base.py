@@ -20,11 +20,15 @@ class TokenSeq:
 
     ``prompt_len`` counts the leading instruction-prompt tokens that pooling must
     skip (sentence-transformers' ``include_prompt=False``); 0 otherwise.
+    ``per_token`` asks for per-token rows instead of the pooled output: ``hidden``
+    (the last hidden states: /pooling ``token_embed``) or ``head`` (the classifier head
+    on every token: ``token_classify``); empty for the pooled output.
     """
 
     token_ids: tuple[int, ...]
     token_type_ids: tuple[int, ...] | None = None
     prompt_len: int = 0
+    per_token: str = ""
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -62,6 +66,7 @@ Activation = Callable[[np.ndarray], np.ndarray]
 
 EMBEDDING = "embedding"  # the backend returns pooled vectors
 CLASSIFIER = "classifier"  # the backend returns *ForSequenceClassification logits
+TOKENS = "tokens"  # the backend returns per-token rows [num_tokens, dimension] (reward)
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,9 @@ class ModelInfo:
     """Facts about the served model that the serving layer needs (no tensors).
 
     ``head`` says what the backend returns per sequence: ``embedding`` (a pooled
-    vector of ``dimension`` floats) or ``classifier`` (``num_labels`` raw logits).
+    vector of ``dimension`` floats), ``classifier`` (``num_labels`` raw logits) or
+    ``tokens`` (per-token rows of ``dimension`` floats). ``activation`` is the default of
+    the request switch for classifiers (activation) and per-token rows (softmax).
     """
 
     path: str
@@ -86,6 +93,9 @@ class ModelInfo:
     multi_label: bool = False  # classifier: problem_type multi_label_classification
     # classifier: what /score applies to the logits (sentence-transformers' choice)
     score_activation: Activation | None = None
+    activation: bool = True
+    # /pooling ``task`` values beyond the served one: token_embed, token_classify
+    token_tasks: tuple[str, ...] = ()
 
     @property
     def num_labels(self) -> int:

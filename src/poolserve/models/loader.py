@@ -12,8 +12,20 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ModelLoadError
-from .backend import TorchBackend, TorchClassifierBackend, TorchEmbeddingBackend
-from .base import CLASSIFIER, EMBEDDING, InputRules, ModelInfo
+from .backend import (
+    TorchBackend,
+    TorchClassifierBackend,
+    TorchEmbeddingBackend,
+    TorchTokenBackend,
+)
+from .base import CLASSIFIER, EMBEDDING, TOKENS, InputRules, ModelInfo
+from .decoder import (
+    FROM_2_WAY_SOFTMAX,
+    from_token_labels,
+    head_from_tokens,
+    is_decoder,
+    split_model,
+)
 from .dtype import resolve_device, resolve_dtype
 from .heads import is_multi_label, label_names, num_labels, resolve_score_activation
 from .onednn import accelerate_cpu_fp32
@@ -62,20 +74,27 @@ def _is_encoder(hf_config: Any) -> bool:
 
 
 def _resolve_task(
-    requested: str, hf_config: Any, st: STPipeline | None, root: Path
+    requested: str, hf_config: Any, st: STPipeline | None, root: Path, convert: str = "auto"
 ) -> tuple[str, str]:
     """(task, head) for the checkpoint, following API.md "Task -> endpoints".
 
-    auto: a sentence-transformers embedding folder or a bare encoder -> embed;
-    ``*ForSequenceClassification`` -> score when it has one label and is an encoder,
-    else classify; ``*ForRewardModel*`` -> reward. Raises ModelLoadError for a task the
+    auto: ``--convert embed|classify|reward`` when given; a sentence-transformers
+    embedding folder or a bare encoder -> embed; ``*ForSequenceClassification`` (or a
+    ``classifier_from_token`` config) -> score when it has one label and is an encoder,
+    else classify; ``*ForRewardModel*`` -> reward; anything else (a ``*ForCausalLM``)
+    -> embed. Reward runs on decoders only. Raises ModelLoadError for a task the
     checkpoint cannot serve.
     """
     archs = list(getattr(hf_config, "architectures", None) or [])
-    seq_cls = st is None and any(a.endswith("ForSequenceClassification") for a in archs)
+    seq_cls = st is None and (
+        any(a.endswith("ForSequenceClassification") for a in archs)
+        or from_token_labels(hf_config) is not None
+    )
     labels = num_labels(hf_config)
     task = requested
-    if requested == "auto":
+    if requested == "auto" and convert in ("embed", "classify", "reward"):
+        task = convert
+    if task == "auto":
         if st is not None:
             task = "embed"
         elif seq_cls:
@@ -85,13 +104,15 @@ def _resolve_task(
         else:
             task = "embed"
     if task == "reward":
-        raise ModelLoadError(
-            "task 'reward' is not available in this release of poolserve; serve an "
-            "embedding, classification or cross-encoder model"
-        )
+        if not is_decoder(hf_config):
+            raise ModelLoadError(
+                f"task 'reward' needs a decoder checkpoint (Qwen2, Llama, ...); {root} is not one"
+            )
+        return task, TOKENS
     if task == "classify" and not seq_cls:
         raise ModelLoadError(
-            f"--task classify needs a *ForSequenceClassification checkpoint; {root} is not one"
+            f"--task classify needs a *ForSequenceClassification checkpoint (or "
+            f"classifier_from_token in --hf-overrides); {root} is not one"
         )
     if task == "score" and seq_cls and labels != 1:
         raise ModelLoadError(
@@ -155,6 +176,62 @@ def _pooling_from_override(
     return modes, normalize
 
 
+def _has_seq_cls_arch(hf_config: Any) -> bool:
+    archs = getattr(hf_config, "architectures", None) or []
+    return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
+def _auto_class(head: str, hf_config: Any, override: dict[str, Any] | None, decoder: bool) -> Any:
+    """The transformers Auto class whose weights the served head needs.
+
+    A decoder's classifier from ``classifier_from_token``, and a per-token reward head
+    picking ``returned_token_ids`` of a ``*ForCausalLM``, need the LM head.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if not decoder:
+        return AutoModelForSequenceClassification if head == CLASSIFIER else AutoModel
+    if head == CLASSIFIER and from_token_labels(hf_config) is not None:
+        return AutoModelForCausalLM
+    if head in (CLASSIFIER, TOKENS) and _has_seq_cls_arch(hf_config):
+        return AutoModelForSequenceClassification
+    if head == TOKENS and (override or {}).get("returned_token_ids") is not None:
+        return AutoModelForCausalLM
+    return AutoModel
+
+
+def _override_flag(override: dict[str, Any] | None, names: tuple[str, ...], default: bool) -> bool:
+    """The first of ``names`` set in --override-pooler-config, else ``default``."""
+    for name in names:
+        if (override or {}).get(name) is not None:
+            return bool(override[name])  # type: ignore[index]
+    return default
+
+
+def _step_settings(override: dict[str, Any] | None) -> tuple[int | None, list[int] | None]:
+    """(step_tag_id, returned_token_ids) of a reward model's --override-pooler-config.
+
+    pooling_type ALL (default) or STEP; STEP keeps only the rows of ``step_tag_id``
+    tokens (all rows when it is not given).
+    """
+    override = override or {}
+    kind = str(override.get("pooling_type") or "ALL").upper()
+    if kind not in ("ALL", "STEP"):
+        raise ModelLoadError(
+            f"--override-pooler-config pooling_type {kind!r} is not supported for reward; "
+            "use ALL or STEP"
+        )
+    tag = override.get("step_tag_id")
+    returned = override.get("returned_token_ids")
+    if tag is not None and not isinstance(tag, int):
+        raise ModelLoadError("--override-pooler-config step_tag_id must be a token id")
+    if returned is not None and (
+        not isinstance(returned, list) or not all(isinstance(t, int) for t in returned)
+    ):
+        raise ModelLoadError("--override-pooler-config returned_token_ids must be a list of ids")
+    return (tag if kind == "STEP" else None), returned
+
+
 def _probe(tokenizer: Any, uses_types: bool) -> dict[str, torch.Tensor]:
     """A small padded batch to check a model rewrite against the stock model."""
     enc = tokenizer(
@@ -170,8 +247,6 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     """Resolve, read and load the model named by ``cfg``; raise ModelLoadError with one line."""
     from transformers import (
         AutoConfig,
-        AutoModel,
-        AutoModelForSequenceClassification,
         AutoTokenizer,
     )
     from transformers.utils import logging as hf_logging
@@ -193,8 +268,13 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         raise ModelLoadError(f"cannot read the model config in {model_dir}: {exc}") from exc
     for key, value in (cfg.hf_overrides or {}).items():
         setattr(hf_config, key, value)
+    from_tokens = from_token_labels(hf_config)
+    if from_tokens is not None:  # the LLM-as-reranker recipes: labels from LM-head rows
+        two_way = getattr(hf_config, "method", None) == FROM_2_WAY_SOFTMAX
+        hf_config.num_labels = 1 if two_way else len(from_tokens)
 
-    task, head = _resolve_task(cfg.task, hf_config, st, root)
+    task, head = _resolve_task(cfg.task, hf_config, st, root, cfg.convert)
+    decoder = st is None and cross is None and is_decoder(hf_config)
 
     tok_source = cfg.tokenizer or str(model_dir)
     try:
@@ -211,7 +291,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
-    auto = AutoModelForSequenceClassification if head == CLASSIFIER else AutoModel
+    auto = _auto_class(head, hf_config, cfg.override_pooler_config, decoder)
     try:
         try:
             model = auto.from_pretrained(
@@ -222,22 +302,37 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     except Exception as exc:
         raise ModelLoadError(f"cannot load the model weights in {model_dir}: {exc}") from exc
     model = model.to(device).eval()
+    decoder_head: torch.nn.Module | None = None
+    if decoder:  # run the base model; heads are applied to the pooled token(s)
+        model, decoder_head = split_model(model)
+        if from_tokens is not None and head == CLASSIFIER:
+            assert decoder_head is not None
+            decoder_head = head_from_tokens(decoder_head, tokenizer, hf_config)
 
-    modes = st.pooling_modes if st is not None else ("mean",)
+    modes = st.pooling_modes if st is not None else ("lasttoken",) if decoder else ("mean",)
     normalize = st.normalize if st is not None else True
-    modes, normalize = _pooling_from_override(cfg.override_pooler_config, modes, normalize)
-    dense = [load_dense(spec) for spec in st.dense] if st is not None else []
     hidden = int(getattr(hf_config, "hidden_size", 0) or getattr(hf_config, "dim", 0))
+    step_tag_id, returned = None, None
+    if head == TOKENS:
+        step_tag_id, returned = _step_settings(cfg.override_pooler_config)
+        if decoder_head is not None and not _has_seq_cls_arch(hf_config) and returned is None:
+            decoder_head = None  # a converted *ForCausalLM: per-token hidden states
+    else:
+        modes, normalize = _pooling_from_override(cfg.override_pooler_config, modes, normalize)
+    dense = [load_dense(spec) for spec in st.dense] if st is not None else []
     dimension = st.dense[-1].out_features if st is not None and st.dense else hidden * len(modes)
     if head == CLASSIFIER:
         dimension = num_labels(hf_config)
+    elif head == TOKENS:
+        width = getattr(decoder_head, "out_features", hidden) if decoder_head else hidden
+        dimension = len(returned) if returned is not None else int(width)
 
     type_vocab = getattr(hf_config, "type_vocab_size", 0) or 0
     uses_types = type_vocab > 1 and "token_type_ids" in getattr(
         tokenizer, "model_input_names", ["token_type_ids"]
     )
     max_len = _max_model_len(hf_config, tokenizer, st, cfg.max_model_len)
-    if device.type == "cpu" and dtype == torch.float32:
+    if device.type == "cpu" and dtype == torch.float32 and not decoder:
         model = accelerate_cpu_fp32(model, _probe(tokenizer, uses_types))
     chat_template = cfg.chat_template
     if chat_template is not None and Path(chat_template).is_file():
@@ -264,9 +359,69 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         matryoshka_dimensions=tuple(matryoshka_dims) if matryoshka_dims else None,
         dtype=str(dtype).removeprefix("torch."),
         device=str(device),
+        token_tasks=("token_embed",) if head == EMBEDDING else (),
     )
     pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
     backend: TorchBackend
+    if head == TOKENS:
+        info = dataclasses.replace(
+            info,
+            head=TOKENS,
+            normalize=False,
+            activation=_override_flag(cfg.override_pooler_config, ("softmax", "activation"), False),
+            token_tasks=("token_classify",),
+        )
+        backend = TorchTokenBackend(
+            model,
+            head=decoder_head,
+            step_tag_id=step_tag_id,
+            returned_token_ids=returned,
+            pad_token_id=pad_id,
+            device=device,
+        )
+        log.info(
+            "loaded %s: task=%s dtype=%s device=%s max_model_len=%d per-token width=%d%s",
+            root,
+            task,
+            info.dtype,
+            device,
+            max_len,
+            dimension,
+            f" STEP (tag {step_tag_id})" if step_tag_id is not None else " ALL",
+        )
+        return LoadedModel(backend=backend, tokenizer=tokenizer, rules=rules, info=info)
+    if head == CLASSIFIER and decoder:
+        # The head on the LAST real token (from the mask, not pad_token_id), as vLLM.
+        assert decoder_head is not None
+        info = dataclasses.replace(
+            info,
+            head=CLASSIFIER,
+            normalize=False,
+            labels=label_names(hf_config),
+            multi_label=is_multi_label(hf_config),
+            score_activation=resolve_score_activation(hf_config, None),
+            activation=_override_flag(cfg.override_pooler_config, ("activation", "softmax"), True),
+            token_tasks=("token_embed", "token_classify"),
+        )
+        backend = TorchEmbeddingBackend(
+            model,
+            pooling_modes=modes,
+            dense=[decoder_head],
+            pad_token_id=pad_id,
+            device=device,
+            position_ids=True,
+        )
+        log.info(
+            "loaded %s: task=%s dtype=%s device=%s max_model_len=%d labels=%d pooling=%s",
+            root,
+            task,
+            info.dtype,
+            device,
+            max_len,
+            info.num_labels,
+            "+".join(modes),
+        )
+        return LoadedModel(backend=backend, tokenizer=tokenizer, rules=rules, info=info)
     if head == CLASSIFIER:
         activation = resolve_score_activation(
             hf_config,
@@ -304,6 +459,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         pad_token_id=pad_id,
         uses_token_type_ids=uses_types,
         device=device,
+        position_ids=decoder,
     )
     log.info(
         "loaded %s: task=%s dtype=%s device=%s max_model_len=%d dim=%d pooling=%s%s",

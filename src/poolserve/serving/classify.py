@@ -25,18 +25,21 @@ from .context import (
     usage,
 )
 from .prompts import sequences_for
+from .tokens import check_pooling_task
 
-_POOLING_TASKS = ("classify",)
 
-
-def activation_flag(req: Any, *, where: str = "this model") -> bool:
-    """Resolve ``activation`` / ``use_activation`` (default on); 400 on the other switches.
+def activation_flag(req: Any, *, where: str = "this model", default: bool = True) -> bool:
+    """Resolve ``activation`` / ``use_activation`` (else ``default``); 400 on the others.
 
     ``normalize`` and ``softmax`` belong to embedding and per-token tasks, so naming
     either is a 400 that says so; ``activation`` and ``use_activation`` must agree.
     """
     return resolve_switch(
-        req, ("activation", "use_activation"), True, rejected=("normalize", "softmax"), where=where
+        req,
+        ("activation", "use_activation"),
+        default,
+        rejected=("normalize", "softmax"),
+        where=where,
     )
 
 
@@ -54,7 +57,7 @@ async def create_classify(ctx: ServingContext, req: ClassifyRequest, request_id:
     ctx.require("Classification")
     model = ctx.model_name(req.model)
     check_priority(req)
-    activate = activation_flag(req, where="classification")
+    activate = activation_flag(req, where="classification", default=ctx.info.activation)
     if req.messages is None and req.input == "":
         raise InvalidRequest("Input cannot be empty for classification", param="input")
     k = ctx.info.num_labels
@@ -88,13 +91,8 @@ async def pooled_classifier_output(
     score activation (sentence-transformers'), ``classify`` (or ``task: "classify"``)
     uses the classification one; ``activation=false`` gives the raw logits.
     """
-    if req.task is not None and req.task not in _POOLING_TASKS:
-        raise InvalidRequest(
-            f"task {req.task!r} is not supported by this model on /pooling "
-            f"(supported: {', '.join(_POOLING_TASKS)})",
-            param="task",
-        )
-    activate = activation_flag(req, where="classification models")
+    check_pooling_task(ctx, req.task, "classify")
+    activate = activation_flag(req, where="classification models", default=ctx.info.activation)
     check_priority(req)
     logits, used = await logits_for(ctx, req, "embedding generation")
     if not activate:

@@ -14,7 +14,7 @@ from ..engine import Engine
 from ..errors import InvalidRequest, ModelNotFound, RequestTooLarge
 from ..inputs.processor import InputProcessor
 from ..metrics import Metrics
-from ..models.base import CLASSIFIER, ModelInfo, TokenSeq
+from ..models.base import CLASSIFIER, TOKENS, ModelInfo, TokenSeq
 
 T = TypeVar("T")
 
@@ -25,22 +25,27 @@ _OFFLOAD_FLOATS = 50_000
 _EMBEDDING_APIS = frozenset({"Embeddings", "Pooling", "Score", "Rerank", "Tokenize"})
 _CROSS_ENCODER_APIS = frozenset({"Score", "Rerank", "Classification", "Pooling", "Tokenize"})
 _CLASSIFIER_APIS = frozenset({"Classification", "Pooling", "Tokenize"})
+_TOKEN_APIS = frozenset({"Pooling", "Tokenize"})
 
 # What each served task enables (API.md "Task -> endpoints"), by (task, model kind);
 # API names as in vLLM's "The model does not support X API". Kinds (see model_kind):
 # "embedding" (pooled vectors; /score and /rerank by cosine similarity),
-# "cross-encoder" (a sequence classifier with one label), "classifier" (2+ labels).
+# "cross-encoder" (a sequence classifier with one label), "classifier" (2+ labels),
+# "tokens" (per-token rows: a reward model).
 ENDPOINTS_BY_TASK: dict[tuple[str, str], frozenset[str]] = {
     ("embed", "embedding"): _EMBEDDING_APIS,
     ("score", "embedding"): _EMBEDDING_APIS,  # an embedding model: as embed
     ("score", "cross-encoder"): _CROSS_ENCODER_APIS,
     ("classify", "cross-encoder"): _CROSS_ENCODER_APIS,  # /score when num_labels == 1
     ("classify", "classifier"): _CLASSIFIER_APIS,
+    ("reward", "tokens"): _TOKEN_APIS,
 }
 
 
 def model_kind(info: ModelInfo) -> str:
-    """``embedding``, ``cross-encoder`` (one label) or ``classifier`` (2+ labels)."""
+    """``embedding``, ``cross-encoder`` (one label), ``classifier`` (2+ labels) or ``tokens``."""
+    if info.head == TOKENS:
+        return "tokens"
     if info.head != CLASSIFIER:
         return "embedding"
     return "cross-encoder" if info.num_labels == 1 else "classifier"

@@ -9,14 +9,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequest
-from ..models.base import CLASSIFIER
+from ..models.base import CLASSIFIER, TOKENS
 from ..models.post import finish_embeddings
 from ..protocol.embeddings import EmbeddingRequest, PoolingRequest
 from .classify import pooled_classifier_output
 from .context import ServingContext, check_priority, dump_json, resolve_switch, usage
 from .prompts import sequences_for
-
-_POOLING_TASKS = ("embed",)
+from .tokens import PER_TOKEN_TASKS, check_pooling_task, per_token_output, pooled_token_output
 
 
 def _normalize_flag(ctx: ServingContext, req: EmbeddingRequest) -> bool:
@@ -107,16 +106,15 @@ async def create_pooling(ctx: ServingContext, req: PoolingRequest, request_id: s
     model = ctx.model_name(req.model)
     if req.dimensions is not None:
         raise InvalidRequest("dimensions is currently not supported", param="dimensions")
-    if ctx.info.head == CLASSIFIER:
+    vectors: Any
+    if ctx.info.head == TOKENS:
+        vectors, used = await pooled_token_output(ctx, req)
+    elif req.task in PER_TOKEN_TASKS:
+        vectors, used = await per_token_output(ctx, req)
+    elif ctx.info.head == CLASSIFIER:
         vectors, used = await pooled_classifier_output(ctx, req)
     else:
-        if req.task is not None and req.task not in _POOLING_TASKS:
-            supported = ", ".join(_POOLING_TASKS)
-            raise InvalidRequest(
-                f"task {req.task!r} is not supported by this model on /pooling "
-                f"(supported: {supported})",
-                param="task",
-            )
+        check_pooling_task(ctx, req.task, "embed")
         vectors, used = await embed(ctx, req, model)
     data = [
         {"index": i, "object": "pooling", "data": v}
@@ -130,4 +128,4 @@ async def create_pooling(ctx: ServingContext, req: PoolingRequest, request_id: s
         "data": data,
         "usage": used,
     }
-    return await dump_json(body, floats=vectors.size)
+    return await dump_json(body, floats=sum(int(np.size(v)) for v in vectors))

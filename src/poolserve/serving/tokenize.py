@@ -27,7 +27,12 @@ async def tokenize(ctx: ServingContext, req: TokenizeRequest) -> dict[str, Any]:
     else:
         text = req.prompt or ""
         add_special = True if req.add_special_tokens is None else req.add_special_tokens
-    ids = await off_loop(proc.tokenize, text, add_special_tokens=add_special)
+    ids = await off_loop(
+        proc.tokenize,
+        text,
+        add_special_tokens=add_special,
+        max_tokens=ctx.engine.max_request_tokens,
+    )
     ctx.engine.check_tokens(len(ids))
     strs = await off_loop(proc.token_strings, ids) if req.return_token_strs else None
     return {

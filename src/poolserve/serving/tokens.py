@@ -1,0 +1,97 @@
+"""Per-token outputs on POST /pooling: one ``[num_tokens][width]`` array per input.
+
+Promises:
+- a reward model's rows are its per-token head outputs for every real token (ALL), or
+  only at the step-tag positions (STEP); ``softmax`` / ``use_activation`` (default: the
+  served pooler's ``softmax``, off unless --override-pooler-config turns it on) applies
+  a softmax over each row; the other switches are a 400;
+- ``task: "token_embed"`` (models listing it in ``ModelInfo.token_tasks``) gives every
+  token's last hidden state, L2-normalized unless ``normalize`` is false;
+- ``task: "token_classify"`` on a decoder classifier gives its head on every token,
+  with the classification activation per row unless ``activation`` is false;
+- any other ``task`` the model does not serve is a 400 listing the ones it does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidRequest
+from ..models.base import CLASSIFIER
+from ..models.post import classify_probs, finish_embeddings, softmax
+from ..protocol.embeddings import PoolingRequest
+from .context import ServingContext, check_priority, resolve_switch, usage
+from .prompts import sequences_for
+
+PER_TOKEN_TASKS = ("token_embed", "token_classify")
+
+
+def check_pooling_task(ctx: ServingContext, task: str | None, served: str) -> None:
+    """400 unless ``task`` is None, the served pooled task, or one of the model's
+    per-token tasks."""
+    supported = (served, *(t for t in ctx.info.token_tasks if t != served))
+    if task is not None and task not in supported:
+        raise InvalidRequest(
+            f"task {task!r} is not supported by this model on /pooling "
+            f"(supported: {', '.join(supported)})",
+            param="task",
+        )
+
+
+async def pooled_token_output(
+    ctx: ServingContext, req: PoolingRequest
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Per-token rows ``[num_tokens, width]`` per input (in order), and usage."""
+    check_pooling_task(ctx, req.task, "token_classify")
+    activate = resolve_switch(
+        req,
+        ("softmax", "use_activation"),
+        ctx.info.activation,
+        rejected=("normalize", "activation"),
+        where="per-token (reward) models",
+    )
+    check_priority(req)
+    seqs = await sequences_for(ctx, req, "embedding generation")
+    outputs = await ctx.engine.submit(seqs)
+    rows = [np.asarray(o, dtype=np.float32) for o in outputs]
+    if activate:
+        rows = [softmax(r) if r.size else r for r in rows]
+    return rows, usage(seqs)
+
+
+async def per_token_output(
+    ctx: ServingContext, req: PoolingRequest
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """``token_embed`` / ``token_classify`` rows per input (in order), and usage."""
+    task = req.task
+    assert task in PER_TOKEN_TASKS
+    check_pooling_task(ctx, task, "classify" if ctx.info.head == CLASSIFIER else "embed")
+    check_priority(req)
+    if task == "token_embed":
+        activate = resolve_switch(
+            req,
+            ("normalize", "use_activation"),
+            True,
+            rejected=("activation", "softmax"),
+            where="token_embed",
+        )
+    else:
+        activate = resolve_switch(
+            req,
+            ("activation", "use_activation"),
+            ctx.info.activation,
+            rejected=("normalize", "softmax"),
+            where="token_classify",
+        )
+    mode = "hidden" if task == "token_embed" else "head"
+    seqs = await sequences_for(ctx, req, "embedding generation")
+    outputs = await ctx.engine.submit([dataclasses.replace(s, per_token=mode) for s in seqs])
+    rows = [np.asarray(o, dtype=np.float32) for o in outputs]
+    if activate and task == "token_embed":
+        rows = [finish_embeddings(r, dimensions=None, normalize=True) for r in rows]
+    elif activate:
+        rows = [classify_probs(r, multi_label=ctx.info.multi_label) for r in rows]
+    return rows, usage(seqs)
