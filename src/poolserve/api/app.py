@@ -16,7 +16,7 @@ from ..config import ServerConfig
 from ..serving.context import ServingContext
 from . import errors
 from .middleware import GatewayMiddleware
-from .routes import classify, embeddings, ops, score, tokenize
+from .routes import classify, embeddings, invocations, ops, score, tokenize
 from .routes._common import BODY_MODELS
 
 
@@ -63,7 +63,9 @@ def create_app(ctx: ServingContext, server: ServerConfig | None = None) -> FastA
     app.state.max_request_bytes = server.max_request_bytes
     app.state.shutdown_grace = server.shutdown_grace
     errors.install(app)
-    routers = [module.router for module in (embeddings, score, classify, tokenize, ops)]
+    routers = [
+        module.router for module in (embeddings, score, classify, tokenize, invocations, ops)
+    ]
     for router in routers:
         app.include_router(router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

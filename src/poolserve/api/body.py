@@ -84,8 +84,8 @@ def validation_message(exc: ValidationError) -> tuple[str, str | None]:
     return f"invalid `{where}`: {msg}", (fields[0] if fields else None)
 
 
-async def parse(request: Request, model: type[M]) -> M:
-    """Parse and validate a JSON body into ``model``; every failure is a 400."""
+async def read_json(request: Request) -> dict[str, Any]:
+    """The body as a JSON object: JSON content type, bounded, strictly parsed (400s)."""
     if not _is_json(request.headers.get("content-type")):
         raise InvalidRequest("the request body must be JSON (Content-Type: application/json)")
     limit = getattr(request.app.state, "max_request_bytes", 64 * 1024 * 1024)
@@ -100,6 +100,11 @@ async def parse(request: Request, model: type[M]) -> M:
         raise InvalidRequest("the request body must be a JSON object")
     if deeper_than(raw, data, MAX_JSON_DEPTH):
         raise InvalidRequest(f"the request body nests JSON more than {MAX_JSON_DEPTH} levels deep")
+    return data
+
+
+def validate(data: dict[str, Any], model: type[M]) -> M:
+    """``data`` as a ``model``; a validation failure is a 400 naming the field."""
     try:
         parsed = model.model_validate(data)
     except ValidationError as exc:
@@ -109,3 +114,8 @@ async def parse(request: Request, model: type[M]) -> M:
     if unknown:
         log.debug("ignoring unknown fields %s", sorted(unknown))
     return parsed
+
+
+async def parse(request: Request, model: type[M]) -> M:
+    """Parse and validate a JSON body into ``model``; every failure is a 400."""
+    return validate(await read_json(request), model)

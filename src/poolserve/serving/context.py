@@ -74,9 +74,13 @@ class ServingContext:
             raise ModelNotFound(f"The model `{requested}` does not exist.", param="model")
         return requested
 
+    def enables(self, api: str) -> bool:
+        """True when the served task enables ``api`` (e.g. "Embeddings")."""
+        return api in ENDPOINTS_BY_TASK.get((self.info.task, model_kind(self.info)), ())
+
     def require(self, api: str) -> None:
-        """Raise 400 unless the served task enables ``api`` (e.g. "Embeddings")."""
-        if api not in ENDPOINTS_BY_TASK.get((self.info.task, model_kind(self.info)), ()):
+        """Raise 400 unless the served task enables ``api``."""
+        if not self.enables(api):
             raise InvalidRequest(f"The model does not support {api} API")
 
     def check_count(self, n: int, param: str = "input") -> None:
