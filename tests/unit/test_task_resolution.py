@@ -153,3 +153,16 @@ def test_cross_encoder_folder_refused(
 ) -> None:
     with pytest.raises(ModelLoadError, match=match):
         read_cross_encoder_folder(_write(tmp_path, modules, st))
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [({"dimensions": 8}, "dimensions is not supported"), ({"bogus": 1}, "unsupported keys")],
+)
+def test_unsupported_override_pooler_keys_refused(override: dict[str, int], match: str) -> None:
+    from poolserve.config import ModelConfig
+    from poolserve.errors import ModelLoadError
+    from poolserve.models.loader import load_model
+
+    with pytest.raises(ModelLoadError, match=match):
+        load_model(ModelConfig(model=None, override_pooler_config=override))

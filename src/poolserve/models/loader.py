@@ -243,6 +243,31 @@ def _probe(tokenizer: Any, uses_types: bool) -> dict[str, torch.Tensor]:
     return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
+_OVERRIDE_KEYS = (
+    "pooling_type",
+    "normalize",
+    "activation",
+    "softmax",
+    "step_tag_id",
+    "returned_token_ids",
+)
+
+
+def _check_override_keys(override: dict[str, Any] | None) -> None:
+    """Refuse --override-pooler-config keys poolserve would otherwise ignore silently."""
+    unknown = sorted(set(override or {}) - set(_OVERRIDE_KEYS))
+    if "dimensions" in unknown:
+        raise ModelLoadError(
+            "--override-pooler-config dimensions is not supported; send `dimensions` in "
+            "each embeddings request instead"
+        )
+    if unknown:
+        raise ModelLoadError(
+            f"--override-pooler-config has unsupported keys {unknown}; supported: "
+            f"{', '.join(_OVERRIDE_KEYS)}"
+        )
+
+
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Resolve, read and load the model named by ``cfg``; raise ModelLoadError with one line."""
     from transformers import (
@@ -252,6 +277,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a server's log is no terminal
+    _check_override_keys(cfg.override_pooler_config)
 
     root = resolve_model_dir(cfg.model, cfg.revision)
     st: STPipeline | None = None
