@@ -31,6 +31,19 @@ def _json_arg(text: str) -> dict[str, Any]:
     return value
 
 
+def _list_arg(text: str) -> list[str]:
+    """One value, or vLLM's JSON-list form of several (``'["a", "b"]'``)."""
+    if not text.lstrip().startswith("["):
+        return [text]
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a JSON list: {exc}") from exc
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise argparse.ArgumentTypeError("must be a JSON list of strings")
+    return value
+
+
 def _size_arg(text: str) -> int:
     try:
         return parse_size(text)
@@ -68,7 +81,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix:
                 *flags, dest=dest, action="store_true", default=default, help=help_text
             )
             continue
-        kind = {"size": _size_arg, "json": _json_arg}.get(meta.get("parse", ""), base)
+        parsers = {"size": _size_arg, "json": _json_arg, "list": _list_arg}
+        kind = parsers.get(meta.get("parse", ""), base)
         kwargs: dict[str, Any] = {"dest": dest, "default": default, "help": help_text, "type": kind}
         if "choices" in meta:
             kwargs["choices"] = meta["choices"]
@@ -90,7 +104,9 @@ def _config_from(
         values = {}
         for f in dataclasses.fields(cls):
             value = getattr(args, f"{name}.{f.name}")
-            if isinstance(value, list):
+            if isinstance(value, list) and f.metadata.get("parse") == "list":
+                value = tuple(v for values in value for v in values)
+            elif isinstance(value, list):
                 value = tuple(value)
             if value is None and f.default is not dataclasses.MISSING:
                 value = f.default

@@ -101,6 +101,16 @@ class ModelConfig:
     device: str = field(
         default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when present)."}
     )
+    onednn_linear: bool = field(
+        default=False,
+        metadata={
+            "help": "CPU float32 encoders: run Linear layers through oneDNN with pre-packed "
+            "weights (verified exact at load; a few percent faster). Off by default: its "
+            "per-shape caches grow the server's memory under varied batch shapes (MiniLM: "
+            "+1 GB over 4,000 forwards of random shapes, still rising; stock Linear: +350 MB, "
+            "levelling off)."
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -160,19 +170,31 @@ class ServerConfig:
     )
     root_path: str = field(default="", metadata={"help": "ASGI root path behind a proxy."})
     allowed_origins: tuple[str, ...] = field(
-        default=(), metadata={"help": "CORS origins allowed (none by default).", "nargs": "+"}
+        default=("*",),
+        metadata={
+            "help": "CORS origins allowed: any (*) by default, as vLLM; values or vLLM's "
+            "JSON list ('[\"https://app.example\"]'); '[]' turns CORS off.",
+            "nargs": "+",
+            "parse": "list",
+        },
     )
     allowed_methods: tuple[str, ...] = field(
         default=("*",),
-        metadata={"help": "CORS methods allowed (with --allowed-origins).", "nargs": "+"},
+        metadata={
+            "help": "CORS methods allowed (values or a JSON list).",
+            "nargs": "+",
+            "parse": "list",
+        },
     )
     allowed_headers: tuple[str, ...] = field(
         default=("*",),
-        metadata={"help": "CORS request headers allowed (with --allowed-origins).", "nargs": "+"},
+        metadata={
+            "help": "CORS request headers allowed (values or a JSON list).",
+            "nargs": "+",
+            "parse": "list",
+        },
     )
-    allow_credentials: bool = field(
-        default=False, metadata={"help": "CORS: allow credentials (with --allowed-origins)."}
-    )
+    allow_credentials: bool = field(default=False, metadata={"help": "CORS: allow credentials."})
     uvicorn_log_level: str = field(
         default="info",
         metadata={

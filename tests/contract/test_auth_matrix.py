@@ -201,7 +201,17 @@ def test_cors_headers_on_answers_and_on_401s(guarded_url: str) -> None:
     assert resp.headers["access-control-allow-origin"] == ORIGIN
 
 
-def test_no_cors_without_allowed_origins(auth_url: str) -> None:
-    resp = requests.get(auth_url + "/health", headers={"Origin": ORIGIN}, timeout=TIMEOUT)
+def test_cors_allows_any_origin_by_default_as_vllm(auth_url: str) -> None:
+    resp = preflight(auth_url, "http://anywhere.example")
     assert resp.status_code == 200
-    assert "access-control-allow-origin" not in resp.headers
+    assert resp.headers["access-control-allow-origin"] == "*"
+    resp = requests.get(auth_url + "/health", headers={"Origin": ORIGIN}, timeout=TIMEOUT)
+    assert resp.headers["access-control-allow-origin"] == "*"
+
+
+def test_no_cors_with_an_empty_origin_list(guarded_ctx: ServingContext) -> None:
+    with serve_in_thread(guarded_ctx, ServerConfig(allowed_origins=())) as url:
+        resp = requests.get(url + "/health", headers={"Origin": ORIGIN}, timeout=TIMEOUT)
+        assert resp.status_code == 200
+        assert "access-control-allow-origin" not in resp.headers
+        assert preflight(url, ORIGIN).status_code == 405

@@ -184,11 +184,22 @@ def test_after_the_battery_the_server_answers_correctly(
     assert not server_errors, server_errors
 
 
-def test_duplicate_keys_keep_the_last_value(hostile_server: tuple[str, np.ndarray]) -> None:
-    # Duplicate keys are legal JSON; like most parsers, the last one wins.
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"input": 5, "input": ["the quick brown fox", "hello world"]}',
+        b'{"input": ["the quick brown fox", "hello world"], "input": ["hello world"]}',
+        b'{"input": "hi", "messages": [{"role": "user", "role": "system", "content": "x"}]}',
+    ],
+    ids=["top level, first bad", "top level, both good", "nested"],
+)
+def test_duplicate_keys_are_refused(hostile_server: tuple[str, np.ndarray], data: bytes) -> None:
+    # Parsers disagree on which duplicate wins (RFC 8259 leaves it undefined): an
+    # ambiguous body is refused, never guessed at.
     url, before = hostile_server
-    data = b'{"input": 5, "input": ["the quick brown fox", "hello world"]}'
     resp = requests.post(
         url + "/v1/embeddings", data=data, headers={"Content-Type": JSON}, timeout=TIMEOUT
     )
-    np.testing.assert_allclose(vectors(ok(resp)), before, atol=1e-6)
+    assert_error(resp, 400, contains="repeats the key")
+    good = requests.post(url + "/v1/embeddings", json={"input": REFERENCE_INPUT}, timeout=TIMEOUT)
+    np.testing.assert_allclose(vectors(ok(good)), before, atol=1e-6)

@@ -283,3 +283,24 @@ def test_slices_bound_each_encode() -> None:
     assert [t for part in parts for t in part] == texts
     for part in parts:
         assert len(part) == 1 or sum(map(len, part)) <= processor._SLICE_CHARS
+
+
+# -- memory: the oneDNN Linear layers are opt-in -----------------------------------------
+
+
+def test_onednn_linear_is_opt_in(tiny: Callable[..., Path]) -> None:
+    import torch
+
+    from poolserve.config import ModelConfig
+    from poolserve.models.onednn import OneDNNLinear
+
+    assert ModelConfig().onednn_linear is False  # their per-shape caches grow memory
+    args = build_parser().parse_args(["serve", "m", "--onednn-linear"])
+    assert _config_from(args).model.onednn_linear is True
+
+    def swapped(ctx: Any) -> int:
+        return sum(isinstance(m, OneDNNLinear) for m in ctx.engine.backend.model.modules())
+
+    plain, fast = make_context(tiny("st")), make_context(tiny("st"), onednn_linear=True)
+    assert swapped(plain) == 0
+    assert swapped(fast) > 0 or not torch.backends.mkldnn.is_available()

@@ -117,6 +117,28 @@ def test_other_flags(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
+    ("argv", "origins"),
+    [
+        ([], ("*",)),  # vLLM's default
+        (["--allowed-origins", '["http://a", "http://b"]'], ("http://a", "http://b")),
+        (["--allowed-origins", "[]"], ()),
+        (["--allowed-origins", "http://a", '["http://b"]'], ("http://a", "http://b")),
+    ],
+)
+def test_cors_lists_take_vllm_json_form(argv: list[str], origins: tuple[str, ...]) -> None:
+    config = _config_from(build_parser().parse_args(["serve", "m", *argv]))
+    assert config.server.allowed_origins == origins
+    assert config.server.allowed_methods == ("*",)
+
+
+@pytest.mark.parametrize("bad", ["[1]", '["a", 2]', "[not json"])
+def test_cors_list_errors(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "m", "--allowed-origins", bad])
+    assert "--allowed-origins" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["--task", "generate"],

