@@ -234,6 +234,15 @@ class ServerConfig:
             "parse": "size",
         },
     )
+    max_inflight_bytes: int = field(
+        default=1024**3,
+        metadata={
+            "help": "Request body bytes all admitted requests may hold at once (a request "
+            "holds its body until answered); past it 429 with Retry-After, so memory stays "
+            "bounded whatever clients send. Accepts 1G forms.",
+            "parse": "size",
+        },
+    )
     ssl_keyfile: str | None = field(default=None, metadata={"help": "TLS key file."})
     ssl_certfile: str | None = field(default=None, metadata={"help": "TLS certificate file."})
 

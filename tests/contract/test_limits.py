@@ -1,8 +1,9 @@
 """Limits: each a flag with a sane default, and past it a 413/400 in the error shape.
 
-Body bytes (--max-request-bytes), inputs per request (--max-client-batch-size), tokens
-per request (--max-request-tokens), token ids outside the vocabulary, JSON nesting depth,
-and huge texts (refused or truncated after tokenizing only a prefix).
+Body bytes (--max-request-bytes; --max-inflight-bytes for all requests at once), inputs
+per request (--max-client-batch-size), tokens per request (--max-request-tokens), token
+ids outside the vocabulary, JSON nesting depth, and huge texts (refused or truncated
+after tokenizing only a prefix).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def test_defaults_are_generous() -> None:
     assert engine.max_queued_requests >= 64
     assert engine.max_client_batch_size >= 2048
     assert server.max_request_bytes >= 32 * 2**20
+    assert server.max_inflight_bytes >= 32 * server.max_request_bytes // 2  # 32 of 32 MiB
     assert engine.max_request_tokens >= 2048 * 512  # 2048 inputs of 512 tokens
     assert server.request_timeout is None  # no timeout unless asked
     assert server.shutdown_grace > 0
@@ -132,6 +134,61 @@ def test_body_at_the_limit_is_accepted(limits_url: str) -> None:
         timeout=TIMEOUT,
     )
     ok(resp)
+
+
+# -- body bytes held by all requests at once ---------------------------------------------
+
+HELD_LIMIT = 3000
+
+
+@pytest.fixture
+def held_server(tiny: Callable[..., Path]) -> Iterator[tuple[str, Any]]:
+    """Forwards wait on a gate; admitted requests may hold 3,000 body bytes between them."""
+    import threading
+
+    from tests.fixtures.hardening import control
+
+    ctx = make_context(tiny("st"))
+    backend = control(ctx, gate=threading.Event())
+    with serve_in_thread(ctx, ServerConfig(max_inflight_bytes=HELD_LIMIT)) as url:
+        try:
+            yield url, backend
+        finally:
+            assert backend.gate is not None
+            backend.gate.set()
+
+
+def body_of(size: int) -> bytes:
+    prefix = b'{"input": "held", "pad": "'
+    return prefix + b"y" * (size - len(prefix) - 2) + b'"}'
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_bodies_held_past_the_budget_get_429(held_server: tuple[str, Any], chunked: bool) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, backend = held_server
+
+    def send(data: bytes) -> requests.Response:
+        payload: Any = iter([data[:100], data[100:]]) if chunked else data
+        return requests.post(
+            url + "/v1/embeddings",
+            data=payload,
+            headers={"Content-Type": "application/json"},
+            timeout=TIMEOUT,
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(send, body_of(2000))  # admitted; held at the gate
+        assert backend.entered.wait(TIMEOUT)
+        resp = send(body_of(1500))  # 2,000 + 1,500 > 3,000
+        err = assert_error(resp, 429, contains="--max-inflight-bytes")
+        assert err["type"] == "Overloaded"
+        assert int(resp.headers["retry-after"]) >= 1
+        backend.gate.set()
+        ok(first.result(timeout=TIMEOUT))
+    # Answered requests give their bytes back.
+    ok(send(body_of(2900)))
 
 
 # -- inputs and tokens per request ------------------------------------------------------

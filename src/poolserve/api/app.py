@@ -78,6 +78,7 @@ def create_app(ctx: ServingContext, server: ServerConfig | None = None) -> FastA
         root_path=server.root_path,
         known_paths=known,
         max_inflight=ctx.engine.max_queued_requests,
+        max_inflight_bytes=server.max_inflight_bytes,
         request_timeout=server.request_timeout,
         log_bodies=server.enable_log_requests,
     )

@@ -9,7 +9,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,10 +56,15 @@ class _Exchange:
     The app reads the body through :meth:`receive`. Once the body is complete the
     watcher owns the server's receive channel: the only message left is
     ``http.disconnect``, and the app (if it asks again) gets it when it comes.
+    Each body chunk is first charged to ``charge`` (which raises when the server holds
+    too many body bytes).
     """
 
-    def __init__(self, receive: Receive, keep_body: bool) -> None:
+    def __init__(
+        self, receive: Receive, keep_body: bool, charge: Callable[[int], None] | None = None
+    ) -> None:
         self._receive = receive
+        self._charge = charge
         self.body_done = asyncio.Event()
         self.disconnected = asyncio.Event()
         self.keep_body = keep_body
@@ -74,6 +79,8 @@ class _Exchange:
         if message["type"] == "http.disconnect":
             self.disconnected.set()
         elif message["type"] == "http.request":
+            if self._charge is not None:
+                self._charge(len(message.get("body", b"")))
             if self.keep_body and len(self.body) < LOGGED_BODY_CHARS:
                 self.body += message.get("body", b"")[:LOGGED_BODY_CHARS]
             if not message.get("more_body", False):
@@ -98,8 +105,10 @@ class GatewayMiddleware:
     - with API keys set, answers 401 to any POST and to GET /v1/models without a
       matching ``Authorization: Bearer <key>`` (compared in constant time);
     - answers 413 early when Content-Length is over the body limit;
-    - admits at most ``max_inflight`` POST requests at once (429 with Retry-After
-      past it, before the body is read, so memory stays bounded);
+    - admits at most ``max_inflight`` POST requests at once, holding at most
+      ``max_inflight_bytes`` of request bodies between them (429 with Retry-After past
+      either, before the body is read when Content-Length tells), so memory stays
+      bounded;
     - runs each POST so that a client hanging up, or ``request_timeout`` passing,
       cancels the handler: the engine then drops the request's queued sequences
       (a timeout answers 504; a gone client gets nothing and is counted as 499);
@@ -118,6 +127,7 @@ class GatewayMiddleware:
         root_path: str = "",
         known_paths: set[str] | None = None,
         max_inflight: int | None = None,
+        max_inflight_bytes: int | None = None,
         request_timeout: float | None = None,
         log_bodies: bool = False,
     ) -> None:
@@ -132,6 +142,17 @@ class GatewayMiddleware:
         self.request_timeout = request_timeout
         self.log_bodies = log_bodies
         self.inflight = 0
+        self.max_inflight_bytes = max_inflight_bytes
+        self.inflight_bytes = 0  # body bytes the admitted requests hold
+
+    def _bytes_refusal(self, more: int) -> Overloaded | None:
+        limit = self.max_inflight_bytes
+        if limit is None or self.inflight_bytes + more <= limit:
+            return None
+        return Overloaded(
+            f"the server holds {limit} bytes of request bodies, its limit "
+            "(--max-inflight-bytes); retry later"
+        )
 
     def _needs_key(self, method: str, path: str) -> bool:
         if not self.keys or path in _OPEN_PATHS or method == "OPTIONS":
@@ -159,12 +180,16 @@ class GatewayMiddleware:
                 f"request body is over the limit of {self.max_request_bytes} bytes "
                 "(--max-request-bytes)"
             )
+        if not self._admits(method, path):
+            return None
         limit = self.max_inflight
-        if self._admits(method, path) and limit is not None and self.inflight >= limit:
+        if limit is not None and self.inflight >= limit:
             return Overloaded(
                 f"the server is at its limit of {limit} concurrent requests "
                 "(--max-queued-requests); retry later"
             )
+        if length is not None and length.isdigit():
+            return self._bytes_refusal(int(length))
         return None
 
     @staticmethod
@@ -187,7 +212,18 @@ class GatewayMiddleware:
             path = path[len(self.root_path) :] or "/"
         method = scope["method"]
         status_box = [500]
-        exchange = _Exchange(receive, keep_body=self.log_bodies)
+        held = [0]  # body bytes this request holds
+
+        def charge(size: int) -> None:
+            # A body larger than its Content-Length said, or a chunked one, is checked
+            # as it arrives: the app's read fails with the 429.
+            refusal = self._bytes_refusal(size)
+            if refusal is not None:
+                raise refusal
+            held[0] += size
+            self.inflight_bytes += size
+
+        exchange = _Exchange(receive, keep_body=self.log_bodies, charge=charge)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -215,6 +251,7 @@ class GatewayMiddleware:
             if gone:
                 status_box[0] = CLIENT_CLOSED
         finally:
+            self.inflight_bytes -= held[0]
             if admitted:
                 self.inflight -= 1
                 self.metrics.on_inflight(self.inflight)
