@@ -444,21 +444,27 @@ async def test_observer_sees_batches_and_drops(backend: FakeBackend) -> None:
 # -- heap trimming ----------------------------------------------------------
 
 
-async def test_heap_is_trimmed_after_forwards_at_most_once_per_interval(
+async def test_heap_is_trimmed_off_the_request_path_after_forwards(
     backend: FakeBackend,
 ) -> None:
     from poolserve.engine.heap import HeapTrimmer
 
-    every_time, never = HeapTrimmer(interval=0), HeapTrimmer(interval=3600)
-    for heap in (every_time, never):
-        eng = Engine(backend, max_num_batched_tokens=4, heap=heap)
-        await eng.start()
-        try:
-            for i in range(3):
-                await eng.submit([seq(3, 10 + i)])
-        finally:
-            await eng.stop()
-    if not every_time.available:
+    heap = HeapTrimmer(interval=0.05)
+    if not heap.available:
         pytest.skip("this C library has no malloc_trim")
-    assert every_time.trims == 3  # one per forward
-    assert never.trims == 0
+    eng = Engine(backend, max_num_batched_tokens=4, heap=heap)
+    await eng.start()
+    try:
+        await asyncio.sleep(0.2)
+        assert heap.trims == 0  # nothing ran: nothing to give back
+        for i in range(3):
+            await eng.submit([seq(3, 10 + i)])
+        await until(lambda: heap.trims >= 1)  # a trim follows the forwards
+        trimmed = heap.trims
+        await asyncio.sleep(0.2)
+        assert heap.trims == trimmed  # idle: no more trims
+        await eng.submit([seq(3, 20)])  # traffic again: trimmed again once it stops
+        await until(lambda: heap.trims == trimmed + 1)
+    finally:
+        await eng.stop()
+    assert heap._thread is None  # stop() ends the thread

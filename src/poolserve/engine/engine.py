@@ -143,6 +143,7 @@ class Engine:
         self._accepting = True
         self._dead_reason = None
         self._task = asyncio.create_task(self._run(), name="poolserve-engine")
+        self.heap.start()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop admitting; let queued work finish (up to ``grace`` seconds); then stop.
@@ -168,6 +169,7 @@ class Engine:
             executor, self._executor = self._executor, None
             # A forward still running past the grace period must not freeze the loop.
             await asyncio.to_thread(executor.shutdown, wait=True)
+        await asyncio.to_thread(self.heap.stop)
 
     @property
     def alive(self) -> bool:
@@ -332,9 +334,9 @@ class Engine:
             self._wakeup.set()
 
     def _forward(self, batch: Batch) -> np.ndarray | Sequence[np.ndarray]:
-        """On a model thread: the backend's forward, then a heap trim now and then."""
+        """On a model thread: the backend's forward (its freed memory is trimmed later)."""
         outputs = self.backend.forward(batch)
-        self.heap.maybe_trim()
+        self.heap.note_forward()
         return outputs
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
