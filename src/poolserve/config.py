@@ -19,6 +19,11 @@ CONVERTS = ("auto", "none", "embed", "classify", "reward")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def _list_field(default: tuple[str, ...], help_text: str) -> Any:
+    """A flag taking one or more values, or vLLM's JSON-list form of them."""
+    return field(default=default, metadata={"help": help_text, "nargs": "+", "parse": "list"})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """What to load and how to pool it."""
@@ -169,30 +174,16 @@ class ServerConfig:
         },
     )
     root_path: str = field(default="", metadata={"help": "ASGI root path behind a proxy."})
-    allowed_origins: tuple[str, ...] = field(
-        default=("*",),
-        metadata={
-            "help": "CORS origins allowed: any (*) by default, as vLLM; values or vLLM's "
-            "JSON list ('[\"https://app.example\"]'); '[]' turns CORS off.",
-            "nargs": "+",
-            "parse": "list",
-        },
+    allowed_origins: tuple[str, ...] = _list_field(
+        ("*",),
+        "CORS origins allowed: any (*) by default, as vLLM; values or vLLM's JSON list "
+        "('[\"https://app.example\"]'); '[]' turns CORS off.",
     )
-    allowed_methods: tuple[str, ...] = field(
-        default=("*",),
-        metadata={
-            "help": "CORS methods allowed (values or a JSON list).",
-            "nargs": "+",
-            "parse": "list",
-        },
+    allowed_methods: tuple[str, ...] = _list_field(
+        ("*",), "CORS methods allowed (values or a JSON list)."
     )
-    allowed_headers: tuple[str, ...] = field(
-        default=("*",),
-        metadata={
-            "help": "CORS request headers allowed (values or a JSON list).",
-            "nargs": "+",
-            "parse": "list",
-        },
+    allowed_headers: tuple[str, ...] = _list_field(
+        ("*",), "CORS request headers allowed (values or a JSON list)."
     )
     allow_credentials: bool = field(default=False, metadata={"help": "CORS: allow credentials."})
     uvicorn_log_level: str = field(

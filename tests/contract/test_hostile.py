@@ -20,7 +20,7 @@ import requests
 from poolserve.api.app import create_app
 from poolserve.serving.context import ServingContext
 from tests.conftest import make_context, serve_in_thread
-from tests.contract.util import assert_error, ok, vectors
+from tests.contract.util import assert_error, ok, post_raw, vectors
 from tests.fixtures.hardening import route_table
 
 TIMEOUT = 60
@@ -197,9 +197,6 @@ def test_duplicate_keys_are_refused(hostile_server: tuple[str, np.ndarray], data
     # Parsers disagree on which duplicate wins (RFC 8259 leaves it undefined): an
     # ambiguous body is refused, never guessed at.
     url, before = hostile_server
-    resp = requests.post(
-        url + "/v1/embeddings", data=data, headers={"Content-Type": JSON}, timeout=TIMEOUT
-    )
-    assert_error(resp, 400, contains="repeats the key")
+    assert_error(post_raw(url, "/v1/embeddings", data), 400, contains="repeats the key")
     good = requests.post(url + "/v1/embeddings", json={"input": REFERENCE_INPUT}, timeout=TIMEOUT)
     np.testing.assert_allclose(vectors(ok(good)), before, atol=1e-6)

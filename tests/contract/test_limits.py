@@ -8,22 +8,27 @@ after tokenizing only a prefix).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import requests
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from poolserve.api.body import MAX_JSON_DEPTH
 from poolserve.cli import _config_from, build_parser
-from poolserve.config import EngineConfig, ServerConfig
+from poolserve.config import EngineConfig, ModelConfig, ServerConfig
 from poolserve.inputs import processor
+from poolserve.models.onednn import OneDNNLinear
 from tests.conftest import make_context, serve_in_thread
-from tests.contract.util import TIMEOUT, assert_error, ok, post, vectors
+from tests.contract.util import TIMEOUT, assert_error, ok, post, post_raw, vectors
+from tests.fixtures.hardening import control
 
 BODY_LIMIT = 4096
 BATCH_LIMIT = 8
@@ -114,25 +119,20 @@ def test_chunked_body_over_the_limit_is_413(limits_url: str) -> None:
             yield b"y" * 512
         yield b'"}'
 
-    resp = requests.post(
-        limits_url + "/v1/embeddings",
-        data=chunks(),
-        headers={"Content-Type": "application/json"},
-        timeout=TIMEOUT,
-    )
+    resp = post_raw(limits_url, "/v1/embeddings", chunks())
     assert_error(resp, 413, contains="--max-request-bytes")
 
 
-def test_body_at_the_limit_is_accepted(limits_url: str) -> None:
+def padded_body(size: int) -> bytes:
+    """A valid embeddings body of exactly ``size`` bytes."""
     prefix = b'{"input": "x", "pad": "'
-    data = prefix + b"y" * (BODY_LIMIT - len(prefix) - 2) + b'"}'
+    return prefix + b"y" * (size - len(prefix) - 2) + b'"}'
+
+
+def test_body_at_the_limit_is_accepted(limits_url: str) -> None:
+    data = padded_body(BODY_LIMIT)
     assert len(data) == BODY_LIMIT
-    resp = requests.post(
-        limits_url + "/v1/embeddings",
-        data=data,
-        headers={"Content-Type": "application/json"},
-        timeout=TIMEOUT,
-    )
+    resp = post_raw(limits_url, "/v1/embeddings", data)
     ok(resp)
 
 
@@ -144,10 +144,6 @@ HELD_LIMIT = 3000
 @pytest.fixture
 def held_server(tiny: Callable[..., Path]) -> Iterator[tuple[str, Any]]:
     """Forwards wait on a gate; admitted requests may hold 3,000 body bytes between them."""
-    import threading
-
-    from tests.fixtures.hardening import control
-
     ctx = make_context(tiny("st"))
     backend = control(ctx, gate=threading.Event())
     with serve_in_thread(ctx, ServerConfig(max_inflight_bytes=HELD_LIMIT)) as url:
@@ -158,37 +154,25 @@ def held_server(tiny: Callable[..., Path]) -> Iterator[tuple[str, Any]]:
             backend.gate.set()
 
 
-def body_of(size: int) -> bytes:
-    prefix = b'{"input": "held", "pad": "'
-    return prefix + b"y" * (size - len(prefix) - 2) + b'"}'
-
-
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_bodies_held_past_the_budget_get_429(held_server: tuple[str, Any], chunked: bool) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     url, backend = held_server
 
     def send(data: bytes) -> requests.Response:
         payload: Any = iter([data[:100], data[100:]]) if chunked else data
-        return requests.post(
-            url + "/v1/embeddings",
-            data=payload,
-            headers={"Content-Type": "application/json"},
-            timeout=TIMEOUT,
-        )
+        return post_raw(url, "/v1/embeddings", payload)
 
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(send, body_of(2000))  # admitted; held at the gate
+        first = pool.submit(send, padded_body(2000))  # admitted; held at the gate
         assert backend.entered.wait(TIMEOUT)
-        resp = send(body_of(1500))  # 2,000 + 1,500 > 3,000
+        resp = send(padded_body(1500))  # 2,000 + 1,500 > 3,000
         err = assert_error(resp, 429, contains="--max-inflight-bytes")
         assert err["type"] == "Overloaded"
         assert int(resp.headers["retry-after"]) >= 1
         backend.gate.set()
         ok(first.result(timeout=TIMEOUT))
     # Answered requests give their bytes back.
-    ok(send(body_of(2900)))
+    ok(send(padded_body(2900)))
 
 
 # -- inputs and tokens per request ------------------------------------------------------
@@ -245,9 +229,7 @@ def test_token_ids_outside_the_vocabulary_are_400(
 def test_token_ids_beyond_64_bits_are_400(tiny_url: str, path: str) -> None:
     field = "tokens" if path == "/detokenize" else "input"
     data = b'{"%s": [5, 99999999999999999999999999]}' % field.encode()
-    resp = requests.post(
-        tiny_url + path, data=data, headers={"Content-Type": "application/json"}, timeout=TIMEOUT
-    )
+    resp = post_raw(tiny_url, path, data)
     assert_error(resp, 400)
 
 
@@ -262,23 +244,13 @@ def nested(depth: int) -> bytes:
 
 def test_nesting_up_to_the_limit_is_accepted(tiny_url: str) -> None:
     data = nested(MAX_JSON_DEPTH)
-    resp = requests.post(
-        tiny_url + "/v1/embeddings",
-        data=data,
-        headers={"Content-Type": "application/json"},
-        timeout=TIMEOUT,
-    )
+    resp = post_raw(tiny_url, "/v1/embeddings", data)
     ok(resp)
 
 
 @pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 500, 1100, 10_000])
 def test_deeper_nesting_is_400(tiny_url: str, depth: int) -> None:
-    resp = requests.post(
-        tiny_url + "/v1/embeddings",
-        data=nested(depth),
-        headers={"Content-Type": "application/json"},
-        timeout=TIMEOUT,
-    )
+    resp = post_raw(tiny_url, "/v1/embeddings", nested(depth))
     assert_error(resp, 400)
 
 
@@ -346,11 +318,6 @@ def test_slices_bound_each_encode() -> None:
 
 
 def test_onednn_linear_is_opt_in(tiny: Callable[..., Path]) -> None:
-    import torch
-
-    from poolserve.config import ModelConfig
-    from poolserve.models.onednn import OneDNNLinear
-
     assert ModelConfig().onednn_linear is False  # their per-shape caches grow memory
     args = build_parser().parse_args(["serve", "m", "--onednn-linear"])
     assert _config_from(args).model.onednn_linear is True

@@ -39,6 +39,13 @@ def post(url: str, path: str, body: Any, **kwargs: Any) -> requests.Response:
     return requests.post(url + path, json=body, timeout=TIMEOUT, **kwargs)
 
 
+def post_raw(url: str, path: str, data: Any) -> requests.Response:
+    """POST ``data`` (bytes, or an iterator of chunks: sent chunked) labelled as JSON."""
+    return requests.post(
+        url + path, data=data, headers={"Content-Type": "application/json"}, timeout=TIMEOUT
+    )
+
+
 def ok(resp: requests.Response) -> dict[str, Any]:
     """The JSON body of a 200 answer (fails with the body otherwise)."""
     assert resp.status_code == 200, resp.text

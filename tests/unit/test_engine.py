@@ -322,9 +322,9 @@ async def test_wrong_output_count_fails_only_its_batch(backend: FakeBackend) -> 
             await eng.stop()
 
 
-async def test_dead_loop_fails_waiters_and_reports_not_alive(
-    backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+async def broken_engine(backend: FakeBackend, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """A started engine whose packing loop raises on its first batch."""
     eng = Engine(backend)
     await eng.start()
 
@@ -332,6 +332,11 @@ async def test_dead_loop_fails_waiters_and_reports_not_alive(
         raise RuntimeError("packer exploded")
 
     monkeypatch.setattr(eng, "_next_batch", broken)
+    return eng
+
+
+async def test_dead_loop_fails_waiters_and_reports_not_alive(broken_engine: Engine) -> None:
+    eng = broken_engine
     try:
         with pytest.raises(EngineUnavailable, match="packer exploded"):
             await eng.submit([seq(3, 2)])
@@ -343,20 +348,11 @@ async def test_dead_loop_fails_waiters_and_reports_not_alive(
             await eng.stop()
 
 
-async def test_stop_after_loop_death_is_clean(
-    backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    eng = Engine(backend)
-    await eng.start()
-
-    def broken() -> None:
-        raise RuntimeError("packer exploded")
-
-    monkeypatch.setattr(eng, "_next_batch", broken)
+async def test_stop_after_loop_death_is_clean(broken_engine: Engine) -> None:
     with pytest.raises(EngineUnavailable):
-        await eng.submit([seq(3, 2)])
-    await eng.stop()  # must not raise
-    assert eng._executor is None
+        await broken_engine.submit([seq(3, 2)])
+    await broken_engine.stop()  # must not raise
+    assert broken_engine._executor is None
 
 
 # -- lifecycle -----------------------------------------------------------------
