@@ -111,9 +111,8 @@ class ModelConfig:
         metadata={
             "help": "CPU float32 encoders: run Linear layers through oneDNN with pre-packed "
             "weights (verified exact at load; a few percent faster). Off by default: its "
-            "per-shape caches grow the server's memory under varied batch shapes (MiniLM: "
-            "+1 GB over 4,000 forwards of random shapes, still rising; stock Linear: +350 MB, "
-            "levelling off)."
+            "per-shape caches keep growing the server's memory under varied batch shapes "
+            "(MiniLM: +1 GB over 4,000 forwards of random shapes, still rising)."
         },
     )
 

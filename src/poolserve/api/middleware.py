@@ -57,7 +57,7 @@ class _Exchange:
     watcher owns the server's receive channel: the only message left is
     ``http.disconnect``, and the app (if it asks again) gets it when it comes.
     Each body chunk is first charged to ``charge`` (which raises when the server holds
-    too many body bytes).
+    too many body bytes); ``held`` counts the bytes charged, for the caller to release.
     """
 
     def __init__(
@@ -65,6 +65,7 @@ class _Exchange:
     ) -> None:
         self._receive = receive
         self._charge = charge
+        self.held = 0
         self.body_done = asyncio.Event()
         self.disconnected = asyncio.Event()
         self.keep_body = keep_body
@@ -80,7 +81,9 @@ class _Exchange:
             self.disconnected.set()
         elif message["type"] == "http.request":
             if self._charge is not None:
-                self._charge(len(message.get("body", b"")))
+                size = len(message.get("body", b""))
+                self._charge(size)
+                self.held += size
             if self.keep_body and len(self.body) < LOGGED_BODY_CHARS:
                 self.body += message.get("body", b"")[:LOGGED_BODY_CHARS]
             if not message.get("more_body", False):
@@ -154,6 +157,14 @@ class GatewayMiddleware:
             "(--max-inflight-bytes); retry later"
         )
 
+    def _charge_bytes(self, size: int) -> None:
+        # A chunked body, or one longer than its Content-Length said, is checked as it
+        # arrives: the app's read fails with the 429.
+        refusal = self._bytes_refusal(size)
+        if refusal is not None:
+            raise refusal
+        self.inflight_bytes += size
+
     def _needs_key(self, method: str, path: str) -> bool:
         if not self.keys or path in _OPEN_PATHS or method == "OPTIONS":
             return False
@@ -212,18 +223,7 @@ class GatewayMiddleware:
             path = path[len(self.root_path) :] or "/"
         method = scope["method"]
         status_box = [500]
-        held = [0]  # body bytes this request holds
-
-        def charge(size: int) -> None:
-            # A body larger than its Content-Length said, or a chunked one, is checked
-            # as it arrives: the app's read fails with the 429.
-            refusal = self._bytes_refusal(size)
-            if refusal is not None:
-                raise refusal
-            held[0] += size
-            self.inflight_bytes += size
-
-        exchange = _Exchange(receive, keep_body=self.log_bodies, charge=charge)
+        exchange = _Exchange(receive, keep_body=self.log_bodies, charge=self._charge_bytes)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -251,7 +251,7 @@ class GatewayMiddleware:
             if gone:
                 status_box[0] = CLIENT_CLOSED
         finally:
-            self.inflight_bytes -= held[0]
+            self.inflight_bytes -= exchange.held
             if admitted:
                 self.inflight -= 1
                 self.metrics.on_inflight(self.inflight)
