@@ -18,6 +18,8 @@ import httpx
 import numpy as np
 from common import poolserve_server, rss_mib, workload
 
+from poolserve.cpu import describe
+
 
 def bench_sentence_transformers(
     texts: list[str], model_dir: str, dtype: str, device: str = "cpu"
@@ -110,6 +112,7 @@ def main() -> None:
     st_s = bench_sentence_transformers(texts, model_dir, st_dtype, args.device)
 
     print(f"model: {model_dir} on {args.device}")
+    print(f"cpu: {describe()}")
     print(f"workload: {len(texts)} texts, {tokens} tokens (5-120 words, seed 0)")
     print(
         f"sentence-transformers encode(batch_size=32), {st_dtype}: "

@@ -25,6 +25,8 @@ import httpx
 import numpy as np
 from common import poolserve_server, rss_mib, workload
 
+from poolserve.cpu import describe
+
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -148,6 +150,7 @@ def main() -> None:
             _, peak = rss_mib(pid)
         st_s, st_scores = bench_sentence_transformers(model_dir, items, st_dtype)
 
+    print(f"cpu: {describe()}")
     print(
         f"workload: {len(items)} queries x {args.docs} documents = {pairs} pairs, "
         f"{tokens} tokens (documents 40-200 words, seeded)"

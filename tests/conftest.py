@@ -73,11 +73,16 @@ def make_context(model: str | Path | None = None, **overrides: Any) -> ServingCo
 @contextlib.contextmanager
 def serve_in_thread(ctx: ServingContext, server: ServerConfig | None = None) -> Iterator[str]:
     """Run the app for ``ctx`` under uvicorn on a free loopback port; yield its base URL."""
-    port = free_port()
+    # The socket is bound here and handed to uvicorn, so no other process can take the
+    # port between choosing it and listening on it.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
     app = create_app(ctx, server)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not srv.started:
@@ -89,6 +94,7 @@ def serve_in_thread(ctx: ServingContext, server: ServerConfig | None = None) -> 
     finally:
         srv.should_exit = True
         thread.join(timeout=30)
+        sock.close()
 
 
 @pytest.fixture(scope="session")

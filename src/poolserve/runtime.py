@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from . import cpu
 from .config import DEFAULT_MODEL_NAME, Config
 from .engine import Engine
 from .inputs.processor import InputProcessor
@@ -48,7 +49,7 @@ def build_context(config: Config) -> ServingContext:
     threads = 1
     if loaded.backend.device.type == "cpu":
         threads = configure_cpu_threads(workers)
-        log.info("%d model worker(s) x %d thread(s)", workers, threads)
+        log.info("cpu: %s; %d model worker(s) x %d thread(s)", cpu.describe(), workers, threads)
     loaded.backend.warmup()
     names = served_names(config)
     metrics = Metrics(names[0])

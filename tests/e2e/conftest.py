@@ -25,10 +25,16 @@ START_TIMEOUT = 90.0  # generous: the children start together on a small, shared
 
 @dataclass
 class ServerProcess:
-    """A ``python -m poolserve serve ...`` child with its output captured in files."""
+    """A ``python -m poolserve serve ...`` child with its output captured in files.
+
+    ``dtype`` is passed as ``--dtype`` so every test states what it checks: float32 by
+    default (exact comparisons hold on any CPU); None sends no flag, the server's own
+    default (``auto``: bfloat16 on a CPU with native bf16, float32 elsewhere).
+    """
 
     args: list[str]
     log_dir: Path
+    dtype: str | None = "float32"
     env: dict[str, str] = field(default_factory=dict)
     module: str = "poolserve"  # tests.e2e.launch: the same with a test backend wrapper
     port: int = 0
@@ -41,6 +47,8 @@ class ServerProcess:
     def start(self, *, with_port: bool = True) -> ServerProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", self.module, "serve", *self.args]
+        if self.dtype is not None:
+            argv += ["--dtype", self.dtype]
         if with_port:
             self.port = free_port()
             argv += ["--host", "127.0.0.1", "--port", str(self.port)]
@@ -70,8 +78,15 @@ class ServerProcess:
         """Poll GET /health until 200; fail with the child's stderr if it dies or hangs."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
+        port_retries = 3
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                # free_port() only finds a port that was free a moment ago: another
+                # process may take it first. Try another port, a few times.
+                if port_retries and "address already in use" in self.stderr.lower():
+                    port_retries -= 1
+                    self.start()
+                    continue
                 pytest.fail(f"server exited with {self.proc.returncode}:\n{self.stderr[-3000:]}")
             try:
                 if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
@@ -98,8 +113,9 @@ class ServerProcess:
 class Processes:
     """The e2e children, started together."""
 
-    tiny: ServerProcess  # a tiny sentence-transformers BERT folder, no flags
-    default: ServerProcess  # no MODEL argument: the packaged all-MiniLM-L6-v2
+    tiny: ServerProcess  # a tiny sentence-transformers BERT folder, float32
+    tiny_bf16: ServerProcess  # the same folder, --dtype bfloat16 (auto's choice on some CPUs)
+    default: ServerProcess  # no argument at all: the packaged all-MiniLM-L6-v2, dtype auto
     missing: ServerProcess  # a Hugging Face id that cannot be had offline
     tiny_path: Path
 
@@ -112,11 +128,12 @@ def processes(
     tiny_path = tiny("st", "bert")
     procs = Processes(
         tiny=ServerProcess([str(tiny_path)], logs / "tiny"),
-        default=ServerProcess([], logs / "default"),
+        tiny_bf16=ServerProcess([str(tiny_path)], logs / "tiny-bf16", dtype="bfloat16"),
+        default=ServerProcess([], logs / "default", dtype=None),
         missing=ServerProcess(["some-org/does-not-exist"], logs / "missing"),
         tiny_path=tiny_path,
     )
-    started = [procs.tiny, procs.default, procs.missing]
+    started = [procs.tiny, procs.tiny_bf16, procs.default, procs.missing]
     try:
         for p in started:
             p.start()
@@ -136,5 +153,18 @@ def processes(
 
 @pytest.fixture(scope="session")
 def tiny_url(processes: Processes) -> str:
-    """The live tiny-model server (shared by the e2e session)."""
+    """The live tiny-model server, float32 (shared by the e2e session)."""
     return processes.tiny.wait_healthy()
+
+
+@pytest.fixture(scope="session")
+def tiny_bf16_url(processes: Processes) -> str:
+    """The live tiny-model server computing in bfloat16 (shared by the e2e session)."""
+    return processes.tiny_bf16.wait_healthy()
+
+
+@pytest.fixture(params=["float32", "bfloat16"])
+def tiny_server(request: pytest.FixtureRequest, processes: Processes) -> tuple[str, str]:
+    """(url, dtype) of the tiny-model server in each dtype: one test, both bounds."""
+    proc = processes.tiny if request.param == "float32" else processes.tiny_bf16
+    return proc.wait_healthy(), str(request.param)

@@ -1,4 +1,8 @@
-"""No batching cross-talk: concurrent clients each get exactly their own vectors."""
+"""No batching cross-talk: concurrent clients each get exactly their own vectors.
+
+Run in float32 (the same vector whatever the batch) and in bfloat16 (the same within
+the batch-invariance bound of tests/fixtures/precision.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import numpy as np
 import pytest
 import requests
 
+from tests.fixtures.precision import assert_same_vectors
 from tests.fixtures.tiny_models import WORDS
 
 CLIENTS = 32
@@ -46,15 +51,32 @@ def client_texts() -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def alone(tiny_url: str, client_texts: list[list[str]]) -> dict[str, np.ndarray]:
+def references() -> dict[str, dict[str, np.ndarray]]:
+    """Per server URL: each text embedded by itself (filled by ``alone``)."""
+    return {}
+
+
+@pytest.fixture
+def alone(
+    tiny_server: tuple[str, str],
+    client_texts: list[list[str]],
+    references: dict[str, dict[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
     """Each text embedded by itself, one request at a time (the reference)."""
-    with requests.Session() as session:
-        return {t: embed(session, tiny_url, [t])[0] for texts in client_texts for t in texts}
+    url, _ = tiny_server
+    if url not in references:
+        with requests.Session() as session:
+            references[url] = {
+                t: embed(session, url, [t])[0] for texts in client_texts for t in texts
+            }
+    return references[url]
 
 
 def test_concurrent_clients_get_their_own_vectors(
-    tiny_url: str, client_texts: list[list[str]], alone: dict[str, np.ndarray]
+    tiny_server: tuple[str, str], client_texts: list[list[str]], alone: dict[str, np.ndarray]
 ) -> None:
+    tiny_url, dtype = tiny_server
+
     def client(i: int) -> list[tuple[list[str], np.ndarray]]:
         rng = random.Random(i)
         got = []
@@ -74,7 +96,7 @@ def test_concurrent_clients_get_their_own_vectors(
     for rounds in results:
         for texts, vectors in rounds:
             expected = np.stack([alone[t] for t in texts])
-            np.testing.assert_allclose(vectors, expected, rtol=1e-4, atol=1e-5)
+            assert_same_vectors(vectors, expected, dtype)
             checked += len(texts)
     assert checked == ROUNDS * sum(len(t) for t in client_texts)
 
@@ -94,8 +116,9 @@ def batches_over(url: str, size: float) -> float:
 
 @pytest.mark.slow
 def test_one_request_with_1000_inputs(
-    tiny_url: str, client_texts: list[list[str]], alone: dict[str, np.ndarray]
+    tiny_server: tuple[str, str], client_texts: list[list[str]], alone: dict[str, np.ndarray]
 ) -> None:
+    tiny_url, dtype = tiny_server
     pool = [t for texts in client_texts for t in texts]
     rng = random.Random(5)
     inputs = [rng.choice(pool) for _ in range(1000)]
@@ -103,4 +126,4 @@ def test_one_request_with_1000_inputs(
         vectors = embed(session, tiny_url, inputs)
     assert vectors.shape == (1000, 32)
     expected = np.stack([alone[t] for t in inputs])
-    np.testing.assert_allclose(vectors, expected, rtol=1e-4, atol=1e-5)
+    assert_same_vectors(vectors, expected, dtype)

@@ -1,8 +1,10 @@
 """Soak: minutes of mixed traffic from 32 clients; zero unexpected answers, RSS flat.
 
-The server runs the packaged default model (all-MiniLM-L6-v2, real weights): the
-memory growth this test guards against comes from torch's activations of many batch
-shapes, which a tiny model's are too small to show.
+The server runs the packaged default model (all-MiniLM-L6-v2, real weights) with the
+default flags, so ``--dtype auto``: bfloat16 on a CPU with native bf16, float32
+elsewhere; the cross-talk check uses that dtype's bound (tests/fixtures/precision.py).
+The memory growth this test guards against comes from torch's activations of many
+batch shapes, which a tiny model's are too small to show.
 
 POOLSERVE_SOAK_SECONDS sets the duration (default 120). Memory is compared between the
 end of a warm-up (the first 15% of the run, at least 5 s: pools, caches and allocator
@@ -24,9 +26,12 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+import torch
 
+from poolserve.models.dtype import resolve_dtype
 from tests.e2e.conftest import ServerProcess
 from tests.fixtures.hardening import rss_bytes
+from tests.fixtures.precision import assert_same_vectors
 from tests.fixtures.tiny_models import WORDS
 
 SECONDS = float(os.environ.get("POOLSERVE_SOAK_SECONDS", "120"))
@@ -42,9 +47,10 @@ def text(rng: random.Random, most: int = 40) -> str:
 class Traffic:
     """The request mix; each call sends one request and checks its answer."""
 
-    def __init__(self, url: str, reference: np.ndarray) -> None:
+    def __init__(self, url: str, reference: np.ndarray, dtype: str) -> None:
         self.url = url
         self.reference = reference
+        self.dtype = dtype
 
     def embeddings(self, s: requests.Session, rng: random.Random) -> None:
         texts = [text(rng) for _ in range(rng.randint(1, 16))]
@@ -64,7 +70,7 @@ class Traffic:
         texts.insert(at, REFERENCE)
         body = self.expect(s, "/v1/embeddings", {"input": texts}, 200)
         got = np.array(body["data"][at]["embedding"])
-        np.testing.assert_allclose(got, self.reference, atol=1e-5)
+        assert_same_vectors(got, self.reference, self.dtype)
 
     def token_ids(self, s: requests.Session, rng: random.Random) -> None:
         ids = [[rng.randint(5, 150) for _ in range(rng.randint(1, 60))] for _ in range(4)]
@@ -119,16 +125,19 @@ def test_soak(tmp_path: Path) -> None:
     server = ServerProcess(
         ["--max-client-batch-size", str(BATCH_LIMIT), "--disable-log-requests"],
         tmp_path / "soak",
+        dtype=None,  # the user's default path: auto
     ).start()
+    dtype = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
     try:
         url = server.wait_healthy()
         assert server.proc is not None
+        assert f"dtype={dtype}" in server.stderr, server.stderr[-2000:]
         reference = np.array(
             requests.post(f"{url}/v1/embeddings", json={"input": REFERENCE}, timeout=30).json()[
                 "data"
             ][0]["embedding"]
         )
-        traffic = Traffic(url, reference)
+        traffic = Traffic(url, reference, dtype)
         actions: list[tuple[Callable[[requests.Session, random.Random], None], int]] = [
             (traffic.embeddings, 6),
             (traffic.reference_check, 3),
@@ -167,8 +176,8 @@ def test_soak(tmp_path: Path) -> None:
         end_rss = rss_bytes(server.proc.pid)
         total = sum(counts)
         print(
-            f"soak: {total} requests in {time.monotonic() - started:.0f} s from {CLIENTS} "
-            f"clients; RSS {warm_rss / 2**20:.0f} -> {end_rss / 2**20:.0f} MiB"
+            f"soak ({dtype}): {total} requests in {time.monotonic() - started:.0f} s "
+            f"from {CLIENTS} clients; RSS {warm_rss / 2**20:.0f} -> {end_rss / 2**20:.0f} MiB"
         )
         assert not errors, errors
         assert total > CLIENTS * 2

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
+from ..cpu import has_native_bf16
 from ..errors import ModelLoadError
 
 _NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16).
-
-    Without those instructions oneDNN emulates bf16 and runs slower than float32
-    (measured: ~3x slower on an AVX-512 CPU lacking avx512_bf16), so ``auto``
-    must not pick it there.
-    """
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    tokens = set(flags.split())
-    return bool({"avx512_bf16", "amx_bf16"} & tokens)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,13 +22,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Map the ``--dtype`` flag to a torch dtype for ``device``."""
+def resolve_dtype(
+    name: str, device: torch.device, cpu_flags: frozenset[str] | None = None
+) -> torch.dtype:
+    """Map the ``--dtype`` flag to a torch dtype for ``device``.
+
+    ``auto``: bfloat16 on a GPU that supports it (else float16); on a CPU, bfloat16
+    exactly where ``cpu_flags`` (default: this CPU's) show native bf16, else float32.
+    """
     if name != "auto":
         return _NAMES[name]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.bfloat16 if has_native_bf16(cpu_flags) else torch.float32
 
 
 def configure_cpu_threads(workers: int, cores: int | None = None) -> int:
