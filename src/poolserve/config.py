@@ -17,6 +17,7 @@ DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 TASKS = ("auto", "embed", "classify", "score", "reward")
 CONVERTS = ("auto", "none", "embed", "classify", "reward")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("auto", "torch")
 
 
 def _list_field(default: tuple[str, ...], help_text: str) -> Any:
@@ -76,6 +77,14 @@ class ModelConfig:
             "help": "Weights dtype; auto is bfloat16 where the hardware runs it natively "
             "(CUDA, CPUs with AVX512-BF16 or AMX) and float32 elsewhere.",
             "choices": DTYPES,
+        },
+    )
+    backend: str = field(
+        default="auto",
+        metadata={
+            "help": "The runtime that runs the model; auto picks the fastest one measured "
+            "for this machine that can run the model kind (README: Backends).",
+            "choices": BACKENDS,
         },
     )
     max_model_len: int | None = field(

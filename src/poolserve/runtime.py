@@ -6,13 +6,20 @@ no lower layer has to import a higher one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
+from typing import Any
 
-from . import cpu
-from .config import DEFAULT_MODEL_NAME, Config
+from . import backends, cpu
+from .backends import Runnable
+from .config import DEFAULT_MODEL_NAME, Config, ModelConfig
 from .engine import Engine
 from .inputs.processor import InputProcessor
 from .metrics import Metrics
+from .models.activations import numpy_activation
+from .models.base import CLASSIFIER, TOKENS, Activation, Backend, InputRules, ModelInfo
+from .models.spec import ModelSpec, describe
 from .serving.context import ServingContext
 
 log = logging.getLogger("poolserve")
@@ -35,20 +42,88 @@ def default_token_budget(device: str, threads_per_worker: int = 1) -> int:
     return 512 * threads_per_worker if device.startswith("cpu") else 16384
 
 
+@dataclass
+class LoadedModel:
+    """A described model with its backend built: what a context or a test needs."""
+
+    spec: ModelSpec
+    runnable: Runnable
+    info: ModelInfo  # spec.info with the device, dtype and score activation filled in
+
+    @property
+    def backend(self) -> Backend:
+        return self.runnable.backend
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.spec.tokenizer
+
+    @property
+    def rules(self) -> InputRules:
+        return self.spec.rules
+
+
+def score_activation(path: str, *, trusted: bool = False) -> Activation:
+    """The activation class ``path`` as a numpy function: computed in numpy where
+    ``poolserve.models.activations`` knows the class, else run by torch.
+
+    Raises ModelLoadError for a class that does not exist or is not an activation.
+    """
+    found = numpy_activation(path)
+    if found is not None:
+        return found
+    from .backends.torch.pooler import TorchActivation
+
+    return TorchActivation(path, trusted=trusted)
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    """Describe the model of ``cfg`` and build its backend (ModelLoadError on failure)."""
+    spec = describe(cfg)
+    runnable = backends.build(spec, cfg)
+    info = dataclasses.replace(spec.info, dtype=runnable.dtype, device=runnable.device)
+    if spec.score_activation is not None:
+        info = dataclasses.replace(
+            info,
+            score_activation=score_activation(
+                spec.score_activation, trusted=spec.trust_remote_code and not spec.decoder
+            ),
+        )
+    log.info(
+        "loaded %s: task=%s backend=%s dtype=%s device=%s max_model_len=%d %s",
+        spec.root,
+        info.task,
+        runnable.runtime,
+        info.dtype,
+        info.device,
+        info.max_model_len,
+        _head_summary(spec, info),
+    )
+    return LoadedModel(spec=spec, runnable=runnable, info=info)
+
+
+def _head_summary(spec: ModelSpec, info: ModelInfo) -> str:
+    if info.head == TOKENS:
+        step = f"STEP (tag {spec.step_tag_id})" if spec.step_tag_id is not None else "ALL"
+        return f"per-token width={info.dimension} {step}"
+    pooling = "+".join(spec.pooling_modes)
+    if info.head == CLASSIFIER:
+        activation = (spec.score_activation or "").rsplit(".", 1)[-1]
+        return f"labels={info.num_labels} pooling={pooling} score activation={activation}"
+    return f"dim={info.dimension} pooling={pooling}" + (" normalize" if info.normalize else "")
+
+
 def build_context(config: Config) -> ServingContext:
     """Load the model of ``config`` and return a ready (not yet started) serving context.
 
     Raises ModelLoadError with a one-line message when the model cannot be loaded.
     """
-    # torch is imported only from here down
-    from .models.dtype import configure_cpu_threads, default_workers
-    from .models.loader import load_model
-
     loaded = load_model(config.model)
-    workers = config.engine.model_workers or default_workers(loaded.backend.device)
+    runnable = loaded.runnable
+    workers = config.engine.model_workers or runnable.default_workers()
     threads = 1
-    if loaded.backend.device.type == "cpu":
-        threads = configure_cpu_threads(workers)
+    if runnable.on_cpu:
+        threads = runnable.configure_threads(workers)
         log.info("cpu: %s; %d model worker(s) x %d thread(s)", cpu.describe(), workers, threads)
     loaded.backend.warmup()
     names = served_names(config)

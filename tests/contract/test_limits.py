@@ -22,10 +22,10 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from poolserve.api.body import MAX_JSON_DEPTH
+from poolserve.backends.torch.onednn import OneDNNLinear
 from poolserve.cli import _config_from, build_parser
 from poolserve.config import EngineConfig, ModelConfig, ServerConfig
 from poolserve.inputs import processor
-from poolserve.models.onednn import OneDNNLinear
 from tests.conftest import make_context, serve_in_thread
 from tests.contract.util import TIMEOUT, assert_error, ok, post, post_raw, vectors
 from tests.fixtures.hardening import control

@@ -12,8 +12,8 @@ import numpy as np
 import requests
 import torch
 
+from poolserve.backends.torch.device import resolve_dtype
 from poolserve.cpu import describe
-from poolserve.models.dtype import resolve_dtype
 from tests.e2e.conftest import Processes
 from tests.fixtures.precision import BF16_MIN_COSINE, cosines
 from tests.fixtures.tiny_models import WORDS

@@ -28,7 +28,7 @@ import pytest
 import requests
 import torch
 
-from poolserve.models.dtype import resolve_dtype
+from poolserve.backends.torch.device import resolve_dtype
 from tests.e2e.conftest import ServerProcess
 from tests.fixtures.hardening import rss_bytes
 from tests.fixtures.precision import assert_same_vectors

@@ -17,7 +17,7 @@ import pytest
 
 from poolserve.config import ModelConfig
 from poolserve.models.base import Batch, TokenSeq
-from poolserve.models.loader import load_model
+from poolserve.runtime import load_model
 from tests.fixtures.precision import BF16_BATCH_MIN_COSINE, assert_same_vectors, cosines
 from tests.fixtures.tiny_models import WORDS
 

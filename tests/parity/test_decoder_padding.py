@@ -10,7 +10,7 @@ import pytest
 
 from poolserve.config import ModelConfig
 from poolserve.models.base import Batch, TokenSeq
-from poolserve.models.loader import load_model
+from poolserve.runtime import load_model
 
 LENGTHS = (3, 11, 7, 1)
 ARCHS = ("qwen2", "qwen3", "llama", "mistral", "gemma")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from poolserve import cpu
-from poolserve.models.dtype import resolve_dtype
+from poolserve.backends.torch.device import resolve_dtype
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel

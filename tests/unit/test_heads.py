@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from poolserve.backends.torch.pooler import TorchActivation
 from poolserve.errors import ModelLoadError
+from poolserve.models.activations import numpy_activation
 from poolserve.models.heads import (
     is_multi_label,
     label_names,
@@ -18,6 +20,7 @@ from poolserve.models.heads import (
     resolve_score_activation,
 )
 from poolserve.models.post import classify_probs, cosine_rows, sigmoid, softmax
+from poolserve.runtime import score_activation
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 TANH = "torch.nn.modules.activation.Tanh"
@@ -63,11 +66,11 @@ def config(labels: int = 1, **extra: Any) -> SimpleNamespace:
     ],
 )
 def test_resolution_order(hf: Any, st: dict[str, Any] | None, name: str) -> None:
-    assert resolve_score_activation(hf, st).name == name
+    assert resolve_score_activation(hf, st).rsplit(".", 1)[-1] == name
 
 
 def test_activation_applies_to_2d_logits() -> None:
-    act = resolve_score_activation(config(1), None)
+    act = score_activation(resolve_score_activation(config(1), None))
     x = np.array([[0.0], [2.0]], dtype=np.float32)
     out = act(x)
     assert out.shape == (2, 1) and out.dtype == np.float32
@@ -75,10 +78,46 @@ def test_activation_applies_to_2d_logits() -> None:
 
 
 def test_unknown_torch_activation_fails_the_load() -> None:
+    path = resolve_score_activation(
+        config(1, sentence_transformers={"activation_fn": "torch.nn.NoSuchThing"}), None
+    )
     with pytest.raises(ModelLoadError, match="cross-encoder activation"):
-        resolve_score_activation(
-            config(1, sentence_transformers={"activation_fn": "torch.nn.NoSuchThing"}), None
-        )
+        score_activation(path)
+
+
+# Every class numpy computes, against torch's own module on the same logits.
+@pytest.mark.parametrize(
+    "path",
+    [
+        "torch.nn.modules.activation.Sigmoid",
+        "torch.nn.modules.linear.Identity",
+        "torch.nn.modules.activation.Tanh",
+        "torch.nn.modules.activation.ReLU",
+        "torch.nn.modules.activation.GELU",
+        "torch.nn.modules.activation.Softmax",
+        "torch.nn.modules.activation.SiLU",
+        "torch.nn.modules.activation.LogSigmoid",
+        "torch.nn.modules.activation.Softplus",
+        "torch.nn.Tanh",
+    ],
+)
+def test_numpy_activations_equal_torch(path: str) -> None:
+    ours = numpy_activation(path)
+    assert ours is not None
+    reference = TorchActivation(path)
+    x = np.random.default_rng(3).normal(scale=6, size=(7, 3)).astype(np.float32)
+    x[0, 0], x[1, 1] = 90.0, -90.0
+    got = ours(x)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    np.testing.assert_allclose(got, reference(x), rtol=1e-6, atol=1e-6)
+
+
+def test_other_activations_run_in_torch() -> None:
+    path = "torch.nn.modules.activation.Hardtanh"
+    assert numpy_activation(path) is None
+    act = score_activation(path)
+    np.testing.assert_allclose(act(np.array([[-3.0, 0.5]], np.float32)), [[-1.0, 0.5]])
+    assert numpy_activation("mypkg.nn.Tanh") is None  # a class by the same name elsewhere
 
 
 def test_label_facts() -> None:

@@ -1,4 +1,4 @@
-"""poolserve.models.pooler against sentence-transformers' own Pooling and Dense modules."""
+"""poolserve.backends.torch.pooler against sentence-transformers' own Pooling and Dense modules."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from poolserve.backends.torch.pooler import load_dense, normalize_rows, pool
 from poolserve.errors import ModelLoadError
-from poolserve.models.pooler import load_dense, normalize_rows, pool
 from poolserve.models.st_config import POOLING_MODES, DenseSpec
 
 try:

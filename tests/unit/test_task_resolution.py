@@ -11,7 +11,7 @@ import pytest
 
 from poolserve.errors import ModelLoadError
 from poolserve.models.base import CLASSIFIER, EMBEDDING, TOKENS, ModelInfo
-from poolserve.models.loader import _resolve_task
+from poolserve.models.spec import resolve_task as _resolve_task
 from poolserve.models.st_config import STPipeline, read_cross_encoder_folder, st_model_type
 from poolserve.serving.context import ENDPOINTS_BY_TASK, model_kind
 
@@ -162,7 +162,7 @@ def test_cross_encoder_folder_refused(
 def test_unsupported_override_pooler_keys_refused(override: dict[str, int], match: str) -> None:
     from poolserve.config import ModelConfig
     from poolserve.errors import ModelLoadError
-    from poolserve.models.loader import load_model
+    from poolserve.runtime import load_model
 
     with pytest.raises(ModelLoadError, match=match):
         load_model(ModelConfig(model=None, override_pooler_config=override))

@@ -18,38 +18,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-import torch
-from torch import nn
-
-from .pooler import activation_module
-
 log = logging.getLogger("poolserve.models")
 
 _MULTI_LABEL = "multi_label_classification"
+SIGMOID = "torch.nn.modules.activation.Sigmoid"
+IDENTITY = "torch.nn.modules.linear.Identity"
 
 
-class TorchActivation:
-    """A torch activation module applied to float32 logits ``[n, k]`` given as numpy.
-
-    Applied to the 2-D logits, before any squeezing, as sentence-transformers does
-    (it matters for activations such as ``Softmax``). Returns float32 ``[n, k]``.
-    """
-
-    def __init__(self, module: nn.Module, name: str) -> None:
-        self.module = module.eval()
-        self.name = name
-
-    def __call__(self, logits: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
-        with torch.inference_mode():
-            return np.asarray(self.module(x).float().numpy(), dtype=np.float32)
-
-    def __repr__(self) -> str:
-        return f"TorchActivation({self.name})"
-
-
-def _try(path: Any, trusted: bool) -> TorchActivation | None:
+def _usable(path: Any, trusted: bool) -> str | None:
     if not isinstance(path, str) or not path:
         return None
     if not trusted and not path.startswith("torch."):
@@ -59,20 +35,20 @@ def _try(path: Any, trusted: bool) -> TorchActivation | None:
             path,
         )
         return None
-    module = activation_module(path, "cross-encoder activation", trusted=trusted)
-    return TorchActivation(module, path.rsplit(".", 1)[-1])
+    return path
 
 
 def resolve_score_activation(
     hf_config: Any, st_config: dict[str, Any] | None, *, trust_remote_code: bool = False
-) -> TorchActivation:
-    """The activation ``CrossEncoder.predict`` applies to this model's logits.
+) -> str:
+    """The activation ``CrossEncoder.predict`` applies to this model's logits, as the
+    dotted path of its class (built by :func:`poolserve.runtime.score_activation`).
 
     ``st_config`` is the folder's config_sentence_transformers.json when it was saved
     by ``CrossEncoder.save`` (modules.json present), else None.
     """
     if st_config is not None:
-        found = _try(st_config.get("activation_fn"), trust_remote_code)
+        found = _usable(st_config.get("activation_fn"), trust_remote_code)
         if found is not None:
             return found
     st_block = getattr(hf_config, "sentence_transformers", None)
@@ -81,12 +57,10 @@ def resolve_score_activation(
         path = st_block["activation_fn"]
     elif getattr(hf_config, "sbert_ce_default_activation_function", None) is not None:
         path = hf_config.sbert_ce_default_activation_function
-    found = _try(path, trust_remote_code)
+    found = _usable(path, trust_remote_code)
     if found is not None:
         return found
-    if num_labels(hf_config) == 1:
-        return TorchActivation(nn.Sigmoid(), "Sigmoid")
-    return TorchActivation(nn.Identity(), "Identity")
+    return SIGMOID if num_labels(hf_config) == 1 else IDENTITY
 
 
 def num_labels(hf_config: Any) -> int:

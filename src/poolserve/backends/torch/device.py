@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from ..cpu import has_native_bf16
-from ..errors import ModelLoadError
+from ...cpu import has_native_bf16
+from ...errors import ModelLoadError
 
 _NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -35,26 +33,3 @@ def resolve_dtype(
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if has_native_bf16(cpu_flags) else torch.float32
-
-
-def configure_cpu_threads(workers: int, cores: int | None = None) -> int:
-    """Give each of ``workers`` concurrent forwards an equal share of the cores.
-
-    torch's intra-op thread count is process-wide; returns the count set.
-    """
-    cores = cores or len(os.sched_getaffinity(0))
-    threads = max(1, cores // max(1, workers))
-    torch.set_num_threads(threads)
-    return threads
-
-
-def default_workers(device: torch.device, cores: int | None = None) -> int:
-    """Concurrent forwards: 1 on a GPU; on a CPU, 2 up to 8 cores, then one per 4 cores.
-
-    Measured on 2 cores: two 1-thread forwards are robust to the server's other work
-    (HTTP, tokenization), while one 2-thread forward stalls whenever a core is taken.
-    """
-    if device.type != "cpu":
-        return 1
-    cores = cores or len(os.sched_getaffinity(0))
-    return 2 if cores <= 8 else cores // 4

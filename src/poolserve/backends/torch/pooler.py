@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import ModelLoadError
-from .st_config import DenseSpec
+from ...errors import ModelLoadError
+from ...models.st_config import DenseSpec
 
 
 def exclude_prompt(mask: Tensor, prompt_lens: Tensor) -> Tensor:
@@ -116,3 +117,24 @@ def load_dense(spec: DenseSpec) -> nn.Module:
 def normalize_rows(x: Tensor) -> Tensor:
     """L2-normalize each row (zero rows stay zero)."""
     return nn.functional.normalize(x, p=2, dim=-1)
+
+
+class TorchActivation:
+    """A torch activation module applied to float32 logits ``[n, k]`` given as numpy.
+
+    For activation classes numpy does not compute (``poolserve.models.activations``):
+    other ``torch.nn`` classes, or custom ones under --trust-remote-code. Applied to the
+    2-D logits, before any squeezing, as sentence-transformers does. Returns float32.
+    """
+
+    def __init__(self, path: str, what: str = "cross-encoder activation", trusted: bool = False):
+        self.module = activation_module(path, what, trusted=trusted).eval()
+        self.name = path.rsplit(".", 1)[-1]
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+        with torch.inference_mode():
+            return np.asarray(self.module(x).float().numpy(), dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"TorchActivation({self.name})"

@@ -1,9 +1,7 @@
 """Decoder (causal LM) checkpoints served as pooling models, as vLLM serves them.
 
-Promises:
-- a decoder is any model type transformers has a causal-LM head for and no masked-LM
-  head (Qwen2, Qwen3, Llama, Mistral, Gemma, ...);
-- its classifier head is applied to the hidden state of the LAST real token, found from
+Promises (which checkpoints are decoders: ``poolserve.models.spec.is_decoder``):
+- a decoder's classifier head is applied to the hidden state of the LAST real token, found from
   the attention mask (never from ``pad_token_id``), so left or right padding and a
   missing pad id give the single-sequence result;
 - ``classifier_from_token`` (``--hf-overrides``) turns a ``*ForCausalLM`` into a
@@ -20,40 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
-
-FROM_2_WAY_SOFTMAX = "from_2_way_softmax"
-
-# vLLM's defaults for --convert / --task on a decoder (API.md "Models").
-DEFAULT_POOLING = {"embed": "LAST", "classify": "LAST", "score": "LAST", "reward": "ALL"}
-
-
-def is_decoder(hf_config: Any) -> bool:
-    """A causal decoder: transformers has a causal-LM head and no masked-LM head for it."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    model_type = getattr(hf_config, "model_type", None)
-    return (
-        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    )
-
-
-def from_token_labels(hf_config: Any) -> tuple[str, ...] | None:
-    """The ``classifier_from_token`` list of the (overridden) config, or None."""
-    tokens = getattr(hf_config, "classifier_from_token", None)
-    if tokens is None:
-        return None
-    if (
-        not isinstance(tokens, list | tuple)
-        or not tokens
-        or not all(isinstance(t, str) for t in tokens)
-    ):
-        raise ModelLoadError("classifier_from_token must be a non-empty list of token strings")
-    return tuple(tokens)
+from ...errors import ModelLoadError
+from ...models.spec import FROM_2_WAY_SOFTMAX, from_token_labels
 
 
 def head_from_tokens(lm_head: nn.Module, tokenizer: Any, hf_config: Any) -> nn.Linear:

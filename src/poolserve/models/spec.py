@@ -1,39 +1,30 @@
-"""Load a model directory into a backend, an input processor and its facts."""
+"""What a model IS: one torch-free description read from its files.
+
+:func:`describe` reads config.json (through transformers' config classes, with
+``--hf-overrides`` applied), the sentence-transformers files and the tokenizer, and
+decides everything the server needs before any weights load: the task and head kind,
+pooling and normalization, Dense layers, output width, labels and activations, and the
+input rules. Backends (``poolserve.backends``) build a runnable model from a
+:class:`ModelSpec`; serving, inputs and the engine read only its ``info`` and
+``rules``.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..config import ModelConfig
 from ..errors import ModelLoadError
-from .backend import (
-    TorchBackend,
-    TorchClassifierBackend,
-    TorchEmbeddingBackend,
-    TorchTokenBackend,
-)
 from .base import CLASSIFIER, EMBEDDING, TOKENS, InputRules, ModelInfo
-from .decoder import (
-    FROM_2_WAY_SOFTMAX,
-    from_token_labels,
-    head_from_tokens,
-    is_decoder,
-    split_model,
-)
-from .dtype import resolve_device, resolve_dtype
 from .heads import is_multi_label, label_names, num_labels, resolve_score_activation
-from .onednn import accelerate_cpu_fp32
-from .pooler import load_dense
 from .resolve import resolve_model_dir
 from .st_config import (
     POOLING_MODES,
     CrossEncoderFolder,
+    DenseSpec,
     STPipeline,
     is_sentence_transformers_folder,
     read_cross_encoder_folder,
@@ -42,6 +33,8 @@ from .st_config import (
 )
 
 log = logging.getLogger("poolserve.models")
+
+FROM_2_WAY_SOFTMAX = "from_2_way_softmax"
 
 # Position embeddings of these model types start after the padding index, so two
 # rows of max_position_embeddings are unusable (MPNet hard-codes padding_idx 1).
@@ -55,25 +48,92 @@ _OFFSET_POSITION_TYPES = {
 }
 _NO_LIMIT = 1_000_000  # tokenizers write ~1e30 as "no limit"
 
+# Which transformers Auto class holds the weights a head needs.
+BASE = "AutoModel"
+SEQUENCE_CLASSIFICATION = "AutoModelForSequenceClassification"
+CAUSAL_LM = "AutoModelForCausalLM"
 
-@dataclass
-class LoadedModel:
-    """Everything the engine and the serving layer need from a loaded model."""
+_OVERRIDE_KEYS = (
+    "pooling_type",
+    "normalize",
+    "activation",
+    "softmax",
+    "step_tag_id",
+    "returned_token_ids",
+)
 
-    backend: TorchBackend
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything known about a model before its weights load (no tensors, no torch).
+
+    ``info`` and ``rules`` are what serving and inputs read; the other fields are for
+    backends. ``info.dtype``/``info.device`` are filled in by the backend that runs it.
+    """
+
+    root: Path  # the resolved model folder (what /v1/models calls ``root``)
+    model_dir: Path  # config.json and the transformer weights (an ST folder's module)
+    hf_config: Any  # transformers config with --hf-overrides applied; read-only
     tokenizer: Any
-    rules: InputRules
     info: ModelInfo
+    rules: InputRules
+    decoder: bool  # a causal LM: LAST pooling, positions over real tokens
+    weights: str  # the Auto class holding the weights: BASE, SEQUENCE_CLASSIFICATION, CAUSAL_LM
+    pooling_modes: tuple[str, ...] = ("mean",)
+    dense: tuple[DenseSpec, ...] = ()
+    pad_token_id: int = 0
+    # A decoder classifier made of LM-head rows (classifier_from_token), or None.
+    from_tokens: tuple[str, ...] | None = None
+    # Reward (per-token) models: STEP's tag token and the returned LM-head columns.
+    step_tag_id: int | None = None
+    returned_token_ids: tuple[int, ...] | None = None
+    # The decoder's own head (score Linear / LM head) runs after pooling / per token.
+    decoder_head: bool = False
+    # A cross-encoder's score activation as a dotted class path (see heads.py).
+    score_activation: str | None = None
+    trust_remote_code: bool = False
+
+    @property
+    def head(self) -> str:
+        """What a backend returns per sequence: EMBEDDING, CLASSIFIER or TOKENS."""
+        return self.info.head
 
 
-def _is_encoder(hf_config: Any) -> bool:
+def is_encoder(hf_config: Any) -> bool:
     """A bidirectional encoder: its model type has a masked-LM head in transformers."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     return getattr(hf_config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-def _resolve_task(
+def is_decoder(hf_config: Any) -> bool:
+    """A causal decoder: transformers has a causal-LM head and no masked-LM head for it."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(hf_config, "model_type", None)
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not is_encoder(hf_config)
+
+
+def from_token_labels(hf_config: Any) -> tuple[str, ...] | None:
+    """The ``classifier_from_token`` list of the (overridden) config, or None."""
+    tokens = getattr(hf_config, "classifier_from_token", None)
+    if tokens is None:
+        return None
+    if (
+        not isinstance(tokens, list | tuple)
+        or not tokens
+        or not all(isinstance(t, str) for t in tokens)
+    ):
+        raise ModelLoadError("classifier_from_token must be a non-empty list of token strings")
+    return tuple(tokens)
+
+
+def has_seq_cls_arch(hf_config: Any) -> bool:
+    archs = getattr(hf_config, "architectures", None) or []
+    return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
+def resolve_task(
     requested: str, hf_config: Any, st: STPipeline | None, root: Path, convert: str = "auto"
 ) -> tuple[str, str]:
     """(task, head) for the checkpoint, following API.md "Task -> endpoints".
@@ -87,8 +147,7 @@ def _resolve_task(
     """
     archs = list(getattr(hf_config, "architectures", None) or [])
     seq_cls = st is None and (
-        any(a.endswith("ForSequenceClassification") for a in archs)
-        or from_token_labels(hf_config) is not None
+        has_seq_cls_arch(hf_config) or from_token_labels(hf_config) is not None
     )
     labels = num_labels(hf_config)
     task = requested
@@ -98,7 +157,7 @@ def _resolve_task(
         if st is not None:
             task = "embed"
         elif seq_cls:
-            task = "score" if labels == 1 and _is_encoder(hf_config) else "classify"
+            task = "score" if labels == 1 and is_encoder(hf_config) else "classify"
         elif any("ForRewardModel" in a for a in archs):
             task = "reward"
         else:
@@ -123,9 +182,14 @@ def _resolve_task(
     return task, head
 
 
-def _max_model_len(
+def max_model_len(
     hf_config: Any, tokenizer: Any, st: STPipeline | None, requested: int | None
 ) -> int:
+    """The longest input: the smallest of the positions, tokenizer and ST limits.
+
+    A requested length past the model's configured limit is allowed with a warning
+    (but never past its position embeddings: a ModelLoadError).
+    """
     limits = []
     max_pos = getattr(hf_config, "max_position_embeddings", None)
     if isinstance(max_pos, int) and max_pos > 0:
@@ -176,28 +240,23 @@ def _pooling_from_override(
     return modes, normalize
 
 
-def _has_seq_cls_arch(hf_config: Any) -> bool:
-    archs = getattr(hf_config, "architectures", None) or []
-    return any(a.endswith("ForSequenceClassification") for a in archs)
-
-
-def _auto_class(head: str, hf_config: Any, override: dict[str, Any] | None, decoder: bool) -> Any:
+def _weights_class(
+    head: str, hf_config: Any, override: dict[str, Any] | None, decoder: bool
+) -> str:
     """The transformers Auto class whose weights the served head needs.
 
     A decoder's classifier from ``classifier_from_token``, and a per-token reward head
     picking ``returned_token_ids`` of a ``*ForCausalLM``, need the LM head.
     """
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
-
     if not decoder:
-        return AutoModelForSequenceClassification if head == CLASSIFIER else AutoModel
+        return SEQUENCE_CLASSIFICATION if head == CLASSIFIER else BASE
     if head == CLASSIFIER and from_token_labels(hf_config) is not None:
-        return AutoModelForCausalLM
-    if head in (CLASSIFIER, TOKENS) and _has_seq_cls_arch(hf_config):
-        return AutoModelForSequenceClassification
+        return CAUSAL_LM
+    if head in (CLASSIFIER, TOKENS) and has_seq_cls_arch(hf_config):
+        return SEQUENCE_CLASSIFICATION
     if head == TOKENS and (override or {}).get("returned_token_ids") is not None:
-        return AutoModelForCausalLM
-    return AutoModel
+        return CAUSAL_LM
+    return BASE
 
 
 def _override_flag(override: dict[str, Any] | None, names: tuple[str, ...], default: bool) -> bool:
@@ -232,27 +291,6 @@ def _step_settings(override: dict[str, Any] | None) -> tuple[int | None, list[in
     return (tag if kind == "STEP" else None), returned
 
 
-def _probe(tokenizer: Any, uses_types: bool) -> dict[str, torch.Tensor]:
-    """A small padded batch to check a model rewrite against the stock model."""
-    enc = tokenizer(
-        ["a short probe", "a somewhat longer probe sentence to check the model with"],
-        padding=True,
-        return_tensors="pt",
-        return_token_type_ids=uses_types,
-    )
-    return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-
-
-_OVERRIDE_KEYS = (
-    "pooling_type",
-    "normalize",
-    "activation",
-    "softmax",
-    "step_tag_id",
-    "returned_token_ids",
-)
-
-
 def _check_override_keys(override: dict[str, Any] | None) -> None:
     """Refuse --override-pooler-config keys poolserve would otherwise ignore silently."""
     unknown = sorted(set(override or {}) - set(_OVERRIDE_KEYS))
@@ -268,26 +306,9 @@ def _check_override_keys(override: dict[str, Any] | None) -> None:
         )
 
 
-def load_model(cfg: ModelConfig) -> LoadedModel:
-    """Resolve, read and load the model named by ``cfg``; raise ModelLoadError with one line."""
-    from transformers import (
-        AutoConfig,
-        AutoTokenizer,
-    )
-    from transformers.utils import logging as hf_logging
+def _read_config(model_dir: Path, cfg: ModelConfig) -> Any:
+    from transformers import AutoConfig
 
-    hf_logging.disable_progress_bar()  # a server's log is no terminal
-    _check_override_keys(cfg.override_pooler_config)
-
-    root = resolve_model_dir(cfg.model, cfg.revision)
-    st: STPipeline | None = None
-    cross: CrossEncoderFolder | None = None
-    if is_sentence_transformers_folder(root):
-        if st_model_type(root) == "CrossEncoder":
-            cross = read_cross_encoder_folder(root)
-        else:
-            st = read_st_pipeline(root)
-    model_dir = st.transformer_path if st else cross.transformer_path if cross else root
     try:
         hf_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
     except Exception as exc:
@@ -298,72 +319,80 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     if from_tokens is not None:  # the LLM-as-reranker recipes: labels from LM-head rows
         two_way = getattr(hf_config, "method", None) == FROM_2_WAY_SOFTMAX
         hf_config.num_labels = 1 if two_way else len(from_tokens)
+    return hf_config
 
-    task, head = _resolve_task(cfg.task, hf_config, st, root, cfg.convert)
-    decoder = st is None and cross is None and is_decoder(hf_config)
 
-    tok_source = cfg.tokenizer or str(model_dir)
+def _read_tokenizer(source: str, cfg: ModelConfig, root: Path) -> Any:
+    from transformers import AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            tok_source,
+            source,
             trust_remote_code=cfg.trust_remote_code,
             revision=cfg.revision if cfg.tokenizer else None,
         )
     except Exception as exc:
-        raise ModelLoadError(f"cannot load the tokenizer from {tok_source}: {exc}") from exc
+        raise ModelLoadError(f"cannot load the tokenizer from {source}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
         log.warning("tokenizer of %s is not a fast tokenizer; tokenization will be slow", root)
+    return tokenizer
 
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
-    auto = _auto_class(head, hf_config, cfg.override_pooler_config, decoder)
-    try:
-        try:
-            model = auto.from_pretrained(
-                model_dir, config=hf_config, attn_implementation="sdpa", **kwargs
-            )
-        except (ValueError, ImportError):  # this architecture has no SDPA path
-            model = auto.from_pretrained(model_dir, config=hf_config, **kwargs)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load the model weights in {model_dir}: {exc}") from exc
-    model = model.to(device).eval()
-    decoder_head: torch.nn.Module | None = None
-    if decoder:  # run the base model; heads are applied to the pooled token(s)
-        model, decoder_head = split_model(model)
-        if from_tokens is not None and head == CLASSIFIER:
-            assert decoder_head is not None
-            decoder_head = head_from_tokens(decoder_head, tokenizer, hf_config)
+
+def describe(cfg: ModelConfig) -> ModelSpec:
+    """Resolve and read the model named by ``cfg``; raise ModelLoadError with one line."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a server's log is no terminal
+    override = cfg.override_pooler_config
+    _check_override_keys(override)
+
+    root = resolve_model_dir(cfg.model, cfg.revision)
+    st: STPipeline | None = None
+    cross: CrossEncoderFolder | None = None
+    if is_sentence_transformers_folder(root):
+        if st_model_type(root) == "CrossEncoder":
+            cross = read_cross_encoder_folder(root)
+        else:
+            st = read_st_pipeline(root)
+    model_dir = st.transformer_path if st else cross.transformer_path if cross else root
+    hf_config = _read_config(model_dir, cfg)
+    task, head = resolve_task(cfg.task, hf_config, st, root, cfg.convert)
+    decoder = st is None and cross is None and is_decoder(hf_config)
+    tokenizer = _read_tokenizer(cfg.tokenizer or str(model_dir), cfg, root)
+    weights = _weights_class(head, hf_config, override, decoder)
+    from_tokens = from_token_labels(hf_config) if decoder and head == CLASSIFIER else None
+    # A decoder keeps its own head (score Linear, LM head) to run after pooling or per
+    # token, except a converted *ForCausalLM serving per-token hidden states.
+    decoder_head = decoder and weights != BASE
 
     modes = st.pooling_modes if st is not None else ("lasttoken",) if decoder else ("mean",)
     normalize = st.normalize if st is not None else True
     hidden = int(getattr(hf_config, "hidden_size", 0) or getattr(hf_config, "dim", 0))
     step_tag_id, returned = None, None
     if head == TOKENS:
-        step_tag_id, returned = _step_settings(cfg.override_pooler_config)
-        if decoder_head is not None and not _has_seq_cls_arch(hf_config) and returned is None:
-            decoder_head = None  # a converted *ForCausalLM: per-token hidden states
+        step_tag_id, returned = _step_settings(override)
     else:
-        modes, normalize = _pooling_from_override(cfg.override_pooler_config, modes, normalize)
-    dense = [load_dense(spec) for spec in st.dense] if st is not None else []
-    dimension = st.dense[-1].out_features if st is not None and st.dense else hidden * len(modes)
+        modes, normalize = _pooling_from_override(override, modes, normalize)
+    dense = st.dense if st is not None else ()
+    dimension = dense[-1].out_features if dense else hidden * len(modes)
     if head == CLASSIFIER:
         dimension = num_labels(hf_config)
     elif head == TOKENS:
-        width = getattr(decoder_head, "out_features", hidden) if decoder_head else hidden
-        dimension = len(returned) if returned is not None else int(width)
+        if returned is not None:
+            dimension = len(returned)
+        elif decoder_head:  # a *ForSequenceClassification reward head
+            dimension = num_labels(hf_config)
+        else:
+            dimension = hidden
 
     type_vocab = getattr(hf_config, "type_vocab_size", 0) or 0
     uses_types = type_vocab > 1 and "token_type_ids" in getattr(
         tokenizer, "model_input_names", ["token_type_ids"]
     )
-    max_len = _max_model_len(hf_config, tokenizer, st, cfg.max_model_len)
-    if cfg.onednn_linear and device.type == "cpu" and dtype == torch.float32 and not decoder:
-        model = accelerate_cpu_fp32(model, _probe(tokenizer, uses_types))
+    max_len = max_model_len(hf_config, tokenizer, st, cfg.max_model_len)
     chat_template = cfg.chat_template
     if chat_template is not None and Path(chat_template).is_file():
         chat_template = Path(chat_template).read_text(encoding="utf-8")
-
     rules = InputRules(
         max_model_len=max_len,
         vocab_size=int(getattr(hf_config, "vocab_size", len(tokenizer))),
@@ -383,122 +412,56 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         normalize=normalize,
         matryoshka=bool(getattr(hf_config, "is_matryoshka", False) or matryoshka_dims),
         matryoshka_dimensions=tuple(matryoshka_dims) if matryoshka_dims else None,
-        dtype=str(dtype).removeprefix("torch."),
-        device=str(device),
+        head=head,
         token_tasks=("token_embed",) if head == EMBEDDING else (),
     )
-    pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
-    backend: TorchBackend
+    score_activation = None
     if head == TOKENS:
-        info = dataclasses.replace(
+        info = _replace(
             info,
-            head=TOKENS,
             normalize=False,
-            activation=_override_flag(cfg.override_pooler_config, ("softmax", "activation"), False),
+            activation=_override_flag(override, ("softmax", "activation"), False),
             token_tasks=("token_classify",),
         )
-        backend = TorchTokenBackend(
-            model,
-            head=decoder_head,
-            step_tag_id=step_tag_id,
-            returned_token_ids=returned,
-            pad_token_id=pad_id,
-            device=device,
-        )
-        log.info(
-            "loaded %s: task=%s dtype=%s device=%s max_model_len=%d per-token width=%d%s",
-            root,
-            task,
-            info.dtype,
-            device,
-            max_len,
-            dimension,
-            f" STEP (tag {step_tag_id})" if step_tag_id is not None else " ALL",
-        )
-        return LoadedModel(backend=backend, tokenizer=tokenizer, rules=rules, info=info)
-    if head == CLASSIFIER and decoder:
-        # The head on the LAST real token (from the mask, not pad_token_id), as vLLM.
-        assert decoder_head is not None
-        info = dataclasses.replace(
-            info,
-            head=CLASSIFIER,
-            normalize=False,
-            labels=label_names(hf_config),
-            multi_label=is_multi_label(hf_config),
-            score_activation=resolve_score_activation(hf_config, None),
-            activation=_override_flag(cfg.override_pooler_config, ("activation", "softmax"), True),
-            token_tasks=("token_embed", "token_classify"),
-        )
-        backend = TorchEmbeddingBackend(
-            model,
-            pooling_modes=modes,
-            dense=[decoder_head],
-            pad_token_id=pad_id,
-            device=device,
-            position_ids=True,
-        )
-        log.info(
-            "loaded %s: task=%s dtype=%s device=%s max_model_len=%d labels=%d pooling=%s",
-            root,
-            task,
-            info.dtype,
-            device,
-            max_len,
-            info.num_labels,
-            "+".join(modes),
-        )
-        return LoadedModel(backend=backend, tokenizer=tokenizer, rules=rules, info=info)
-    if head == CLASSIFIER:
-        activation = resolve_score_activation(
+    elif head == CLASSIFIER:
+        score_activation = resolve_score_activation(
             hf_config,
             cross.config if cross is not None else None,
-            trust_remote_code=cfg.trust_remote_code,
+            trust_remote_code=cfg.trust_remote_code and not decoder,
         )
-        info = dataclasses.replace(
+        info = _replace(
             info,
-            head=CLASSIFIER,
             normalize=False,
             labels=label_names(hf_config),
             multi_label=is_multi_label(hf_config),
-            score_activation=activation,
+            # A decoder's classifier: vLLM's default activation switch, and token tasks.
+            activation=_override_flag(override, ("activation", "softmax"), True)
+            if decoder
+            else True,
+            token_tasks=("token_embed", "token_classify") if decoder else (),
         )
-        backend = TorchClassifierBackend(
-            model, pad_token_id=pad_id, uses_token_type_ids=uses_types, device=device
-        )
-        log.info(
-            "loaded %s: task=%s dtype=%s device=%s max_model_len=%d labels=%d "
-            "score activation=%s%s",
-            root,
-            task,
-            info.dtype,
-            device,
-            max_len,
-            info.num_labels,
-            activation.name,
-            " token_type_ids" if uses_types else "",
-        )
-        return LoadedModel(backend=backend, tokenizer=tokenizer, rules=rules, info=info)
-    backend = TorchEmbeddingBackend(
-        model,
+    return ModelSpec(
+        root=root,
+        model_dir=model_dir,
+        hf_config=hf_config,
+        tokenizer=tokenizer,
+        info=info,
+        rules=rules,
+        decoder=decoder,
+        weights=weights,
         pooling_modes=modes,
         dense=dense,
-        pad_token_id=pad_id,
-        uses_token_type_ids=uses_types,
-        device=device,
-        position_ids=decoder,
+        pad_token_id=int(getattr(tokenizer, "pad_token_id", None) or 0),
+        from_tokens=from_tokens,
+        step_tag_id=step_tag_id,
+        returned_token_ids=tuple(returned) if returned is not None else None,
+        decoder_head=decoder_head,
+        score_activation=score_activation,
+        trust_remote_code=cfg.trust_remote_code,
     )
-    log.info(
-        "loaded %s: task=%s dtype=%s device=%s max_model_len=%d dim=%d pooling=%s%s",
-        root,
-        task,
-        info.dtype,
-        device,
-        max_len,
-        dimension,
-        "+".join(modes),
-        " normalize" if normalize else "",
-    )
-    return LoadedModel(backend=backend, tokenizer=tokenizer, rules=rules, info=info)
 
 
-__all__ = ["LoadedModel", "load_model"]
+def _replace(info: ModelInfo, **changes: Any) -> ModelInfo:
+    import dataclasses
+
+    return dataclasses.replace(info, **changes)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Batch, TokenSeq
+from ...models.base import Batch, TokenSeq
 from .pooler import pool
 
 

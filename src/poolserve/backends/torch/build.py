@@ -1,0 +1,126 @@
+"""Build the torch backend of a :class:`~poolserve.models.spec.ModelSpec`.
+
+The spec has decided everything about the model; this loads its weights with the
+transformers Auto class it names, in the chosen dtype and device, and wraps the module
+in the backend of its head kind.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from ...config import ModelConfig
+from ...errors import ModelLoadError
+from ...models.base import CLASSIFIER, TOKENS
+from ...models.spec import ModelSpec
+from .. import Runnable
+from .backend import (
+    TorchBackend,
+    TorchClassifierBackend,
+    TorchEmbeddingBackend,
+    TorchTokenBackend,
+)
+from .decoder import head_from_tokens, split_model
+from .device import resolve_device, resolve_dtype
+from .onednn import accelerate_cpu_fp32
+from .pooler import load_dense
+
+log = logging.getLogger("poolserve.models")
+
+
+def _probe(tokenizer: Any, uses_types: bool) -> dict[str, torch.Tensor]:
+    """A small padded batch to check a model rewrite against the stock model."""
+    enc = tokenizer(
+        ["a short probe", "a somewhat longer probe sentence to check the model with"],
+        padding=True,
+        return_tensors="pt",
+        return_token_type_ids=uses_types,
+    )
+    return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def load_module(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """The transformers model holding ``spec``'s weights, in ``dtype`` on ``device``, eval."""
+    import transformers
+
+    auto = getattr(transformers, spec.weights)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.trust_remote_code}
+    try:
+        try:
+            model = auto.from_pretrained(
+                spec.model_dir, config=spec.hf_config, attn_implementation="sdpa", **kwargs
+            )
+        except (ValueError, ImportError):  # this architecture has no SDPA path
+            model = auto.from_pretrained(spec.model_dir, config=spec.hf_config, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the model weights in {spec.model_dir}: {exc}") from exc
+    return model.to(device).eval()
+
+
+def build_torch(spec: ModelSpec, cfg: ModelConfig) -> Runnable:
+    """Load ``spec``'s weights and return the torch backend for its head kind."""
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    return Runnable(
+        backend=_backend(spec, cfg, device, dtype),
+        runtime="torch",
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        set_threads=torch.set_num_threads,  # process-wide in torch
+    )
+
+
+def _backend(
+    spec: ModelSpec, cfg: ModelConfig, device: torch.device, dtype: torch.dtype
+) -> TorchBackend:
+    model = load_module(spec, dtype, device)
+    head: torch.nn.Module | None = None
+    if spec.decoder:  # run the base model; heads are applied to the pooled token(s)
+        model, head = split_model(model)
+        if spec.from_tokens is not None:
+            assert head is not None
+            head = head_from_tokens(head, spec.tokenizer, spec.hf_config)
+        if not spec.decoder_head:
+            head = None
+    elif cfg.onednn_linear and device.type == "cpu" and dtype == torch.float32:
+        model = accelerate_cpu_fp32(model, _probe(spec.tokenizer, spec.rules.uses_token_type_ids))
+    pad_id = spec.pad_token_id
+    if spec.head == TOKENS:
+        return TorchTokenBackend(
+            model,
+            head=head,
+            step_tag_id=spec.step_tag_id,
+            returned_token_ids=spec.returned_token_ids,
+            pad_token_id=pad_id,
+            device=device,
+        )
+    if spec.head == CLASSIFIER and spec.decoder:
+        # The head on the LAST real token (from the mask, not pad_token_id), as vLLM.
+        assert head is not None
+        return TorchEmbeddingBackend(
+            model,
+            pooling_modes=spec.pooling_modes,
+            dense=[head],
+            pad_token_id=pad_id,
+            device=device,
+            position_ids=True,
+        )
+    if spec.head == CLASSIFIER:
+        return TorchClassifierBackend(
+            model,
+            pad_token_id=pad_id,
+            uses_token_type_ids=spec.rules.uses_token_type_ids,
+            device=device,
+        )
+    return TorchEmbeddingBackend(
+        model,
+        pooling_modes=spec.pooling_modes,
+        dense=[load_dense(d) for d in spec.dense],
+        pad_token_id=pad_id,
+        uses_token_type_ids=spec.rules.uses_token_type_ids,
+        device=device,
+        position_ids=spec.decoder,
+    )
