@@ -1,10 +1,15 @@
-"""Embedding throughput: poolserve (HTTP, 16 clients x 8 texts) vs sentence-transformers.
+"""Embedding throughput: poolserve (HTTP, 16 clients x 8 texts) vs the peers a user has.
 
-One run measures both on the same 2,000-text workload and prints texts/s, tokens/s,
-their ratio and poolserve's peak RSS. Not a test: numbers depend on the machine.
+One run measures, on the same 2,000-text workload: sentence-transformers torch float32
+in-process (the base), its own ``backend="onnx"`` and ``backend="openvino"`` (with
+``--peers-python``, from a venv that has them: PEERS.md), and poolserve over HTTP in
+each ``--serve`` configuration. Prints a table of texts/s, the ratio to the base, the
+minimum cosine to the base's vectors and poolserve's peak RSS, with the CPU's kind.
+Not a test: numbers depend on the machine.
 
-    python benchmarks/embed_throughput.py --dtype auto
-    python benchmarks/embed_throughput.py --dtype float32
+    python benchmarks/embed_throughput.py
+    python benchmarks/embed_throughput.py --serve "" --serve "--dtype float32" \\
+        --peers-python /path/to/peers-venv/bin/python
 """
 
 from __future__ import annotations
@@ -12,7 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
+import os
+import shlex
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -23,8 +34,8 @@ from poolserve.cpu import describe
 
 def bench_sentence_transformers(
     texts: list[str], model_dir: str, dtype: str, device: str = "cpu"
-) -> float:
-    """Seconds for ``SentenceTransformer.encode(texts, batch_size=32)`` in-process (warm)."""
+) -> tuple[float, np.ndarray]:
+    """(seconds, vectors) of ``SentenceTransformer.encode(texts, batch_size=32)`` in-process."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -33,8 +44,8 @@ def bench_sentence_transformers(
         model = model.to(torch.bfloat16)
     model.encode(texts[:64], batch_size=32)  # warm-up
     start = time.perf_counter()
-    model.encode(texts, batch_size=32)
-    return time.perf_counter() - start
+    vectors = model.encode(texts, batch_size=32, convert_to_numpy=True)
+    return time.perf_counter() - start, np.asarray(vectors, dtype=np.float32)
 
 
 async def _client(
@@ -53,8 +64,10 @@ async def _client(
             )
 
 
-async def bench_poolserve(url: str, texts: list[str], clients: int, per_request: int) -> float:
-    """Seconds for all ``texts`` sent as ``per_request``-text requests by ``clients`` tasks."""
+async def bench_poolserve(
+    url: str, texts: list[str], clients: int, per_request: int
+) -> tuple[float, np.ndarray]:
+    """(seconds, vectors) for ``texts`` sent as ``per_request``-text requests by ``clients``."""
     chunks = [texts[i : i + per_request] for i in range(0, len(texts), per_request)]
     out: list[np.ndarray | None] = [None] * len(chunks)
     warm: asyncio.Queue[int] = asyncio.Queue()
@@ -66,12 +79,31 @@ async def bench_poolserve(url: str, texts: list[str], clients: int, per_request:
         queue.put_nowait(i)
     start = time.perf_counter()
     await asyncio.gather(*[_client(url, chunks, out, queue) for _ in range(clients)])
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return seconds, np.concatenate([o for o in out if o is not None])
+
+
+def peer(
+    python: str, model_dir: str, backend: str, texts: list[str]
+) -> tuple[float, np.ndarray] | str:
+    """(seconds, vectors) of a sentence-transformers backend in ``python``'s venv, or why not."""
+    with tempfile.TemporaryDirectory() as tmp:
+        texts_file, out = f"{tmp}/texts.json", f"{tmp}/out.npy"
+        Path(texts_file).write_text(json.dumps(texts), encoding="utf-8")
+        script = str(Path(__file__).with_name("st_peer.py"))
+        run = subprocess.run(
+            [python, script, model_dir, backend, texts_file, out],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        if run.returncode != 0:
+            return run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "failed"
+        return float(json.loads(run.stdout.strip().splitlines()[-1])["seconds"]), np.load(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--per-request", type=int, default=8)
@@ -80,7 +112,18 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
     parser.add_argument(
-        "--extra", nargs=argparse.REMAINDER, default=[], help="extra flags for poolserve serve"
+        "--serve",
+        action="append",
+        default=None,
+        metavar="FLAGS",
+        help="poolserve flags of one measured server (repeatable); default: the default "
+        "flags, '--backend torch', and '--dtype float32'",
+    )
+    parser.add_argument(
+        "--peers-python",
+        default=None,
+        help="a python whose venv has sentence-transformers[openvino,onnx] (PEERS.md): "
+        "measures its backend='onnx' and backend='openvino' in the same run",
     )
     args = parser.parse_args()
 
@@ -95,35 +138,44 @@ def main() -> None:
     texts = workload(args.texts)
     tok = AutoTokenizer.from_pretrained(model_dir)
     tokens = sum(len(ids) for ids in tok(texts, truncation=True, max_length=256)["input_ids"])
+    configs = args.serve or ["", "--backend torch", "--dtype float32"]
 
-    # sentence-transformers runs float32 unless we compare bf16 on both sides.
-    st_dtype = "bfloat16" if args.dtype == "bfloat16" else "float32"
-    serve_args = [
-        *([args.model] if args.model else []),
-        "--dtype",
-        args.dtype,
-        "--device",
-        args.device,
-        *args.extra,
-    ]
-    with poolserve_server(serve_args) as (url, pid):
-        ps_s = asyncio.run(bench_poolserve(url, texts, args.clients, args.per_request))
-        _, peak = rss_mib(pid)
-    st_s = bench_sentence_transformers(texts, model_dir, st_dtype, args.device)
+    rows: list[tuple[str, float, np.ndarray | None, str]] = []
+    base_s, base = bench_sentence_transformers(texts, model_dir, "float32", args.device)
+    rows.append(("sentence-transformers torch float32 (base)", base_s, base, ""))
+    if args.peers_python:
+        for backend in ("onnx", "openvino"):
+            got = peer(args.peers_python, model_dir, backend, texts)
+            name = f"sentence-transformers backend={backend!r}"
+            if isinstance(got, str):
+                print(f"{name}: not measured ({got})")
+            else:
+                rows.append((name, got[0], got[1], ""))
+    for flags in configs:
+        serve_args = [*([args.model] if args.model else []), "--device", args.device]
+        serve_args += shlex.split(flags)
+        with poolserve_server(serve_args) as (url, pid):
+            seconds, vectors = asyncio.run(
+                bench_poolserve(url, texts, args.clients, args.per_request)
+            )
+            _, peak = rss_mib(pid)
+        rows.append((f"poolserve {flags or '(default flags)'}", seconds, vectors, f"{peak:.0f}"))
 
     print(f"model: {model_dir} on {args.device}")
     print(f"cpu: {describe()}")
     print(f"workload: {len(texts)} texts, {tokens} tokens (5-120 words, seed 0)")
-    print(
-        f"sentence-transformers encode(batch_size=32), {st_dtype}: "
-        f"{len(texts) / st_s:8.1f} texts/s {tokens / st_s:9.0f} tokens/s"
-    )
-    print(
-        f"poolserve --dtype {args.dtype}, {args.clients} clients x {args.per_request} texts: "
-        f"{len(texts) / ps_s:8.1f} texts/s {tokens / ps_s:9.0f} tokens/s"
-    )
-    print(f"ratio poolserve / sentence-transformers: {st_s / ps_s:.2f}x")
-    print(f"poolserve peak RSS: {peak:.0f} MiB")
+    print(f"poolserve over HTTP: {args.clients} clients x {args.per_request} texts, base64")
+    print("| what | texts/s | vs base | min cosine to base | peak RSS MiB |")
+    print("|---|---|---|---|---|")
+    for name, seconds, vectors, rss in rows:
+        cos = "" if vectors is None else f"{cosines(vectors, base).min():.5f}"
+        print(f"| {name} | {len(texts) / seconds:.1f} | {base_s / seconds:.2f}x | {cos} | {rss} |")
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.einsum("ij,ij->i", a, b)
 
 
 if __name__ == "__main__":

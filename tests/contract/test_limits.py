@@ -325,6 +325,8 @@ def test_onednn_linear_is_opt_in(tiny: Callable[..., Path]) -> None:
     def swapped(ctx: Any) -> int:
         return sum(isinstance(m, OneDNNLinear) for m in ctx.engine.backend.model.modules())
 
-    plain, fast = make_context(tiny("st")), make_context(tiny("st"), onednn_linear=True)
+    # a torch-backend option
+    plain = make_context(tiny("st"), backend="torch")
+    fast = make_context(tiny("st"), backend="torch", onednn_linear=True)
     assert swapped(plain) == 0
     assert swapped(fast) > 0 or not torch.backends.mkldnn.is_available()

@@ -19,7 +19,7 @@ import pytest
 import requests
 import torch
 
-from tests.conftest import make_context, serve_in_thread
+from tests.conftest import BACKENDS, make_context, serve_in_thread
 from tests.fixtures.tiny_models import WORDS, build_cross_encoder
 
 ATOL = 1e-4
@@ -53,16 +53,17 @@ def _predict(model: Any, pairs: list[tuple[str, str]], **kwargs: Any) -> np.ndar
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path], str]]:
-    """``served(path) -> url``: one live server per model folder, reused in the module."""
-    urls: dict[Path, str] = {}
+    """``served(path[, backend]) -> url``: one live server per folder and backend, reused."""
+    urls: dict[tuple[Path, str | None], str] = {}
     stack: list[Any] = []
 
-    def serve(path: Path) -> str:
-        if path not in urls:
-            cm = serve_in_thread(make_context(path))
-            urls[path] = cm.__enter__()
+    def serve(path: Path, backend: str | None = None) -> str:
+        if (path, backend) not in urls:
+            extra = {"backend": backend} if backend else {}
+            cm = serve_in_thread(make_context(path, **extra))
+            urls[path, backend] = cm.__enter__()
             stack.append(cm)
-        return urls[path]
+        return urls[path, backend]
 
     yield serve
     for cm in reversed(stack):
@@ -75,12 +76,18 @@ def _reference(path: Path) -> Any:
     return CrossEncoder(str(path), device="cpu")
 
 
-@pytest.fixture(scope="module", params=["bert", "xlm-roberta", "deberta-v2"])
+@pytest.fixture(
+    scope="module",
+    params=[(arch, b) for arch in ("bert", "xlm-roberta", "deberta-v2") for b in BACKENDS],
+    ids=lambda p: "-".join(p),
+)
 def arch_model(
-    request: pytest.FixtureRequest, tiny: Callable[..., Path], served: Callable[[Path], str]
+    request: pytest.FixtureRequest, tiny: Callable[..., Path], served: Callable[..., str]
 ) -> tuple[str, Any]:
-    path = tiny("cross", request.param)
-    return served(path), _reference(path)
+    """(url, CrossEncoder) of a tiny cross-encoder of each arch, on each backend."""
+    arch, backend = request.param
+    path = tiny("cross", arch)
+    return served(path, backend), _reference(path)
 
 
 def test_str_str(arch_model: tuple[str, Any]) -> None:

@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from poolserve.serving.context import ServingContext
-from tests.conftest import make_context, serve_in_thread
+from tests.conftest import BACKENDS, make_context, serve_in_thread
+from tests.fixtures.precision import BF16_MIN_COSINE
 from tests.fixtures.tiny_models import WORDS
 
 MAX_SEQ_LENGTH = 256  # sentence_bert_config.json; tokenizer.json truncates at 128
@@ -116,3 +117,24 @@ def test_bf16_matches_sentence_transformers(bf16_url: str, st_model: Any) -> Non
     got, _ = embed(bf16_url, texts)
     cos = cosine_rows(got, expected)
     assert cos.min() >= 0.999, (cos.argmin(), cos.min())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+@pytest.mark.parametrize(("dtype", "bound"), [("float32", 0.9999), ("bfloat16", BF16_MIN_COSINE)])
+def test_other_backends_match_sentence_transformers(
+    backend: str, dtype: str, bound: float, st_model: Any
+) -> None:
+    """The packaged model on each other installed runtime, float32 and bf16, over HTTP."""
+    ctx = make_context(None, backend=backend, dtype=dtype)
+    assert (ctx.info.dtype, ctx.engine.backend.__class__.__name__.lower()) == (
+        dtype,
+        f"{backend}backend",
+    )
+    texts = mixed_texts(60, seed=5)
+    expected = st_model.encode(texts, batch_size=64, convert_to_numpy=True)
+    with serve_in_thread(ctx) as url:
+        got, _ = embed(url, texts)
+    cos = cosine_rows(got, expected)
+    assert cos.min() >= bound, (cos.argmin(), cos.min())
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)

@@ -21,7 +21,7 @@ import requests
 import torch
 
 from poolserve.errors import ModelLoadError
-from tests.conftest import make_context, serve_in_thread
+from tests.conftest import BACKENDS, make_context, serve_in_thread
 from tests.fixtures.tiny_models import ARCHS, POOLING_MODES, WORDS
 
 ST_MAX = 64  # build_st_folder's default max_seq_length
@@ -112,13 +112,16 @@ def st_tokenizer(path: Path) -> Any:
 # -- every arch ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_st_folder_matches_sentence_transformers(
-    arch: str, tiny: Callable[..., Path], served: Callable[..., str]
+    arch: str, backend: str, tiny: Callable[..., Path], served: Callable[..., str]
 ) -> None:
+    """On every installed backend (a kind it cannot convert runs on torch: auto's rule)."""
     path = tiny("st", arch)
     texts = make_texts(st_tokenizer(path), 16, ST_MAX)
-    assert_same(embed(served(path), texts), st_encode(path, texts))
+    choice = "auto" if backend != "torch" else backend
+    assert_same(embed(served(path, backend=choice), texts), st_encode(path, texts))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -195,15 +198,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_bert_st_variant_matches(
-    variant: str, tiny: Callable[..., Path], served: Callable[..., str]
+    variant: str, backend: str, tiny: Callable[..., Path], served: Callable[..., str]
 ) -> None:
     path = tiny("st", "bert", **VARIANTS[variant])
     tok = st_tokenizer(path)
     # A default prompt counts towards max_seq_length: leave it room.
     texts = make_texts(tok, 12, ST_MAX - 4)
-    url = served(path)
+    url = served(path, backend=backend)
     got = embed(url, texts)
     expected = st_encode(path, texts)
     assert_same(got, expected)

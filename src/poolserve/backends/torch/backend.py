@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ...models.base import Batch, TokenSeq
+from ..padding import pad_batch
 from .pooler import pool
 
 
@@ -55,23 +56,16 @@ class TorchBackend:
             torch.backends.cuda.enable_cudnn_sdp(False)
 
     def _tensors(self, batch: Batch) -> dict[str, torch.Tensor]:
-        seqs = batch.sequences
-        width = max(len(s) for s in seqs)
         # On a GPU, round the width up so few distinct shapes reach the kernels: each
         # new shape pays kernel selection and allocator growth (measured: a cold run
         # at ~1/4 of the warm speed), and multiples of 16 suit tensor cores.
-        width += -width % self.pad_multiple
-        ids = np.full((len(seqs), width), self.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(seqs), width), dtype=np.int64)
-        types = np.zeros((len(seqs), width), dtype=np.int64) if self.uses_token_type_ids else None
-        left = self.padding_side == "left"
-        for row, seq in enumerate(seqs):
-            n = len(seq)
-            cols = slice(width - n, width) if left else slice(0, n)
-            ids[row, cols] = seq.token_ids
-            mask[row, cols] = 1
-            if types is not None and seq.token_type_ids is not None:
-                types[row, cols] = seq.token_type_ids
+        ids, mask, types = pad_batch(
+            batch,
+            pad_token_id=self.pad_token_id,
+            token_types=self.uses_token_type_ids,
+            left=self.padding_side == "left",
+            multiple=self.pad_multiple,
+        )
         out = {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.from_numpy(mask),

@@ -62,6 +62,10 @@ def load_module(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> to
 
 def build_torch(spec: ModelSpec, cfg: ModelConfig) -> Runnable:
     """Load ``spec``'s weights and return the torch backend for its head kind."""
+    if cfg.quantization is not None:
+        raise ModelLoadError(
+            f"--quantization {cfg.quantization} runs on the openvino backend, not torch"
+        )
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     return Runnable(

@@ -34,9 +34,16 @@ def pool(
     ``prompt_lens`` (one int per row) excludes that many leading tokens from pooling,
     as sentence-transformers does when its Pooling has ``include_prompt=False``.
     """
-    original = mask
+    pooling_mask = mask
     if prompt_lens is not None and bool((prompt_lens > 0).any()):
-        mask = exclude_prompt(mask, prompt_lens)
+        pooling_mask = exclude_prompt(mask, prompt_lens)
+    return pool_masked(hidden, mask, pooling_mask, modes)
+
+
+def pool_masked(hidden: Tensor, original: Tensor, mask: Tensor, modes: tuple[str, ...]) -> Tensor:
+    """:func:`pool` with the prompt already excluded: ``mask`` is the pooling mask,
+    ``original`` the attention mask (for left-padding offsets). No data-dependent
+    branches, so it traces into one graph for every batch."""
     hidden = hidden.float()
     maskf = mask.unsqueeze(-1).to(hidden.dtype)
     out: list[Tensor] = []
