@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import requests
 
 WORDS = (
@@ -91,3 +95,23 @@ def poolserve_server(args: list[str], timeout: float = 180) -> Iterator[tuple[st
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def peer(
+    python: str, kind: str, model_dir: str, backend: str, inputs: list[Any]
+) -> tuple[float, np.ndarray] | str:
+    """(seconds, outputs) of a sentence-transformers ``backend`` run by st_peer.py under
+    ``python`` (a venv set up as PEERS.md says), or why it could not run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs_file, out = f"{tmp}/inputs.json", f"{tmp}/out.npy"
+        Path(inputs_file).write_text(json.dumps(inputs), encoding="utf-8")
+        script = str(Path(__file__).with_name("st_peer.py"))
+        run = subprocess.run(
+            [python, script, kind, model_dir, backend, inputs_file, out],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        if run.returncode != 0:
+            return run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "failed"
+        return float(json.loads(run.stdout.strip().splitlines()[-1])["seconds"]), np.load(out)

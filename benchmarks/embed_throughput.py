@@ -17,17 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
-import os
 import shlex
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
-from common import poolserve_server, rss_mib, workload
+from common import peer, poolserve_server, rss_mib, workload
 
 from poolserve.cpu import describe
 
@@ -83,25 +78,6 @@ async def bench_poolserve(
     return seconds, np.concatenate([o for o in out if o is not None])
 
 
-def peer(
-    python: str, model_dir: str, backend: str, texts: list[str]
-) -> tuple[float, np.ndarray] | str:
-    """(seconds, vectors) of a sentence-transformers backend in ``python``'s venv, or why not."""
-    with tempfile.TemporaryDirectory() as tmp:
-        texts_file, out = f"{tmp}/texts.json", f"{tmp}/out.npy"
-        Path(texts_file).write_text(json.dumps(texts), encoding="utf-8")
-        script = str(Path(__file__).with_name("st_peer.py"))
-        run = subprocess.run(
-            [python, script, model_dir, backend, texts_file, out],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        )
-        if run.returncode != 0:
-            return run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "failed"
-        return float(json.loads(run.stdout.strip().splitlines()[-1])["seconds"]), np.load(out)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=2000)
@@ -145,7 +121,7 @@ def main() -> None:
     rows.append(("sentence-transformers torch float32 (base)", base_s, base, ""))
     if args.peers_python:
         for backend in ("onnx", "openvino"):
-            got = peer(args.peers_python, model_dir, backend, texts)
+            got = peer(args.peers_python, "embed", model_dir, backend, texts)
             name = f"sentence-transformers backend={backend!r}"
             if isinstance(got, str):
                 print(f"{name}: not measured ({got})")

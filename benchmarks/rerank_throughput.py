@@ -7,15 +7,18 @@ reranking its own 100 documents of 40-200 words (seeded). poolserve gets one /re
 request per query from 4 concurrent clients; sentence-transformers runs
 ``CrossEncoder.predict(pairs, batch_size=32)`` in-process on the same 5,000 pairs.
 Prints pairs/s for both, the ratio, the largest score difference and poolserve's peak
-RSS. Not a test: numbers depend on the machine.
+RSS. With ``--peers-python`` (a venv set up as PEERS.md says) CrossEncoder's own
+``backend="onnx"`` and ``backend="openvino"`` run in the same run; each ``--serve``
+adds one poolserve configuration. Not a test: numbers depend on the machine.
 
-    python benchmarks/rerank_throughput.py --dtype float32
+    python benchmarks/rerank_throughput.py --peers-python /path/to/peers/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import shutil
 import tempfile
 import time
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from common import poolserve_server, rss_mib, workload
+from common import peer, poolserve_server, rss_mib, workload
 
 from poolserve.cpu import describe
 
@@ -73,7 +76,7 @@ def make_workload(queries: int, docs: int) -> list[tuple[str, list[str]]]:
 
 
 def bench_sentence_transformers(
-    model_dir: str, items: list[tuple[str, list[str]]], dtype: str
+    model_dir: str, items: list[tuple[str, list[str]]], dtype: str = "float32"
 ) -> tuple[float, np.ndarray]:
     """Seconds for ``CrossEncoder.predict(pairs, batch_size=32)`` (warm), and the scores."""
     import torch
@@ -127,45 +130,63 @@ async def bench_poolserve(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--docs", type=int, default=100)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument(
-        "--extra", nargs=argparse.REMAINDER, default=[], help="extra flags for poolserve serve"
+        "--serve",
+        action="append",
+        default=None,
+        metavar="FLAGS",
+        help="poolserve flags of one measured server (repeatable); default: the default "
+        "flags, '--backend torch', and '--dtype float32'",
+    )
+    parser.add_argument(
+        "--peers-python",
+        default=None,
+        help="a python whose venv has sentence-transformers[openvino,onnx] (PEERS.md): "
+        "measures CrossEncoder backend='onnx' and backend='openvino' in the same run",
     )
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
 
     items = make_workload(args.queries, args.docs)
-    pairs = sum(len(docs) for _, docs in items)
+    pairs = [(q, d) for q, docs in items for d in docs]
+    configs = args.serve or ["", "--backend torch", "--dtype float32"]
+    rows: list[tuple[str, float, np.ndarray, str]] = []
     with tempfile.TemporaryDirectory(prefix="rerank-bench-") as tmp:
         model_dir = str(build_minilm_cross_encoder(Path(tmp)))
         tok = AutoTokenizer.from_pretrained(model_dir)
-        tokens = sum(len(tok(q, d)["input_ids"]) for q, docs in items for d in docs)
-        st_dtype = "bfloat16" if args.dtype == "bfloat16" else "float32"
-        with poolserve_server([model_dir, "--dtype", args.dtype, *args.extra]) as (url, pid):
-            ps_s, ps_scores = asyncio.run(bench_poolserve(url, items, args.clients))
-            _, peak = rss_mib(pid)
-        st_s, st_scores = bench_sentence_transformers(model_dir, items, st_dtype)
+        tokens = sum(len(tok(q, d)["input_ids"]) for q, d in pairs)
+        base_s, base = bench_sentence_transformers(model_dir, items, "float32")
+        rows.append(("CrossEncoder torch float32 (base)", base_s, base, ""))
+        if args.peers_python:
+            for backend in ("onnx", "openvino"):
+                got = peer(args.peers_python, "rerank", model_dir, backend, pairs)
+                name = f"CrossEncoder backend={backend!r}"
+                if isinstance(got, str):
+                    print(f"{name}: not measured ({got})")
+                else:
+                    rows.append((name, got[0], np.asarray(got[1], dtype=np.float64), ""))
+        for flags in configs:
+            with poolserve_server([model_dir, *shlex.split(flags)]) as (url, pid):
+                seconds, scores = asyncio.run(bench_poolserve(url, items, args.clients))
+                _, peak = rss_mib(pid)
+            rows.append((f"poolserve {flags or '(default flags)'}", seconds, scores, f"{peak:.0f}"))
 
     print(f"cpu: {describe()}")
     print(
-        f"workload: {len(items)} queries x {args.docs} documents = {pairs} pairs, "
-        f"{tokens} tokens (documents 40-200 words, seeded)"
+        f"workload: {len(items)} queries x {args.docs} documents = {len(pairs)} pairs, "
+        f"{tokens} tokens (documents 40-200 words, seeded); poolserve: {args.clients} "
+        f"clients, one /rerank per query"
     )
-    print(
-        f"sentence-transformers CrossEncoder.predict(batch_size=32), {st_dtype}: "
-        f"{pairs / st_s:8.1f} pairs/s {tokens / st_s:9.0f} tokens/s"
-    )
-    print(
-        f"poolserve --dtype {args.dtype}, {args.clients} clients x /rerank of {args.docs}: "
-        f"{pairs / ps_s:8.1f} pairs/s {tokens / ps_s:9.0f} tokens/s"
-    )
-    print(f"ratio poolserve / sentence-transformers: {st_s / ps_s:.2f}x")
-    print(f"max |score difference|: {np.abs(ps_scores - st_scores).max():.2e}")
-    print(f"poolserve peak RSS: {peak:.0f} MiB")
+    print("| what | pairs/s | vs base | max abs score difference to base | peak RSS MiB |")
+    print("|---|---|---|---|---|")
+    for name, seconds, scores, rss in rows:
+        diff = np.abs(np.asarray(scores, dtype=np.float64).ravel() - base).max()
+        rate, ratio = len(pairs) / seconds, base_s / seconds
+        print(f"| {name} | {rate:.1f} | {ratio:.2f}x | {diff:.2e} | {rss} |")
 
 
 if __name__ == "__main__":
