@@ -33,7 +33,9 @@ os.environ.setdefault("POOLSERVE_CACHE_DIR", tempfile.mkdtemp(prefix="poolserve-
 # for another; "auto" runs each model kind on the backend a user's server would pick.
 TEST_BACKEND = os.environ.get("POOLSERVE_TEST_BACKEND", "torch")
 # Every runtime installed here: parity tests run each model kind on each of them.
-BACKENDS = ["torch"] + [b for b in ("openvino",) if importlib.util.find_spec(b) is not None]
+BACKENDS = ["torch"] + [
+    b for b in ("openvino", "onnxruntime") if importlib.util.find_spec(b) is not None
+]
 
 
 def free_port() -> int:

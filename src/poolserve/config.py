@@ -17,7 +17,7 @@ DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 TASKS = ("auto", "embed", "classify", "score", "reward")
 CONVERTS = ("auto", "none", "embed", "classify", "reward")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-BACKENDS = ("auto", "torch", "openvino")
+BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
 
 
 def _list_field(default: tuple[str, ...], help_text: str) -> Any:

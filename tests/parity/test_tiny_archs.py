@@ -117,11 +117,15 @@ def st_tokenizer(path: Path) -> Any:
 def test_st_folder_matches_sentence_transformers(
     arch: str, backend: str, tiny: Callable[..., Path], served: Callable[..., str]
 ) -> None:
-    """On every installed backend (a kind it cannot convert runs on torch: auto's rule)."""
+    """On every installed backend. OpenVINO refuses ModernBERT (its converted graph gives
+    NaN) with a clear error, and ``auto`` then runs it on torch; ONNX Runtime runs it."""
     path = tiny("st", arch)
     texts = make_texts(st_tokenizer(path), 16, ST_MAX)
-    choice = "auto" if backend != "torch" else backend
-    assert_same(embed(served(path, backend=choice), texts), st_encode(path, texts))
+    if arch == "modernbert" and backend == "openvino":
+        with pytest.raises(ModelLoadError, match=f"--backend {backend}: .*does not match torch"):
+            served(path, backend=backend)
+        backend = "auto"
+    assert_same(embed(served(path, backend=backend), texts), st_encode(path, texts))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

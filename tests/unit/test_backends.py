@@ -51,24 +51,29 @@ def test_unknown_backend_is_refused(st_spec: ModelSpec) -> None:
         backends.build(st_spec, ModelConfig(backend="tpu"))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_openvino_equals_torch(tiny: Callable[..., Path], dtype: str) -> None:
+@pytest.mark.parametrize(
+    ("backend", "dtype"),
+    [(b, d) for b in BACKENDS[1:] for d in ("float32", "bfloat16")[: 2 if b == "openvino" else 1]],
+)
+def test_exported_backends_equal_torch(tiny: Callable[..., Path], backend: str, dtype: str) -> None:
+    """Pooled rows, per-token rows (token_embed) and excluded prompts, as torch."""
     from poolserve.models.base import Batch, TokenSeq
     from tests.fixtures.precision import assert_same_vectors
 
-    path = tiny("st", "bert")
-    ov = load_model(ModelConfig(model=str(path), backend="openvino", dtype=dtype))
+    path = tiny("st", "bert", dense=[(16, "tanh")])
+    ov = load_model(ModelConfig(model=str(path), backend=backend, dtype=dtype))
     ref = load_model(ModelConfig(model=str(path), backend="torch", dtype="float32"))
-    assert (ov.runnable.runtime, ov.info.dtype) == ("openvino", dtype)
+    assert (ov.runnable.runtime, ov.info.dtype) == (backend, dtype)
     texts = ["hello world", "the quick brown fox jumps over the lazy dog", "a"]
     batch = Batch([TokenSeq(tuple(ref.tokenizer(t)["input_ids"])) for t in texts])
     got, want = ov.backend.forward(batch), ref.backend.forward(batch)
     assert_same_vectors(np.asarray(got), np.asarray(want), dtype)
     # per-token rows (token_embed), and a prompt excluded from pooling
-    seqs = [dataclasses.replace(s, per_token="hidden") for s in batch.sequences]
-    rows_ov, rows_ref = ov.backend.forward(Batch(seqs)), ref.backend.forward(Batch(seqs))
-    for a, b in zip(rows_ov, rows_ref, strict=True):
-        assert_same_vectors(a, b, dtype)
+    for kind in ("hidden", "head"):
+        seqs = [dataclasses.replace(s, per_token=kind) for s in batch.sequences]
+        rows_ov, rows_ref = ov.backend.forward(Batch(seqs)), ref.backend.forward(Batch(seqs))
+        for a, b in zip(rows_ov, rows_ref, strict=True):
+            assert_same_vectors(a, b, dtype)
     seqs = [dataclasses.replace(s, prompt_len=2) for s in batch.sequences[:2]]
     assert_same_vectors(
         np.asarray(ov.backend.forward(Batch(seqs))),
@@ -130,3 +135,13 @@ def test_int8_is_refused_where_it_does_not_run(tiny: Callable[..., Path]) -> Non
     if "openvino" in BACKENDS:
         with pytest.raises(ModelLoadError, match="supports embedding models"):
             load_model(ModelConfig(model=str(tiny("cross", "bert")), quantization="int8"))
+
+
+def test_onnxruntime_refuses_what_it_cannot_run(tiny: Callable[..., Path]) -> None:
+    if "onnxruntime" not in BACKENDS:
+        pytest.skip("ONNX Runtime is not installed")
+    path = str(tiny("st", "bert"))
+    with pytest.raises(ModelLoadError, match="runs float32"):
+        load_model(ModelConfig(model=path, backend="onnxruntime", dtype="bfloat16"))
+    with pytest.raises(ModelLoadError, match="decoder"):
+        load_model(ModelConfig(model=str(tiny("decoder", "qwen2")), backend="onnxruntime"))

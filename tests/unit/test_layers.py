@@ -18,10 +18,10 @@ import pytest
 import poolserve
 
 SRC = Path(poolserve.__file__).parent
-# runtime -> the backends/ sub-packages that may import it (OpenVINO converts by
-# tracing the torch graph, so its converter imports torch too).
+# runtime -> the backends/ sub-packages that may import it (OpenVINO and ONNX Runtime
+# convert by tracing the torch graph, so their converters import torch too).
 RUNTIMES = {
-    "torch": ("torch", "openvino"),
+    "torch": ("torch", "openvino", "onnxruntime"),
     "openvino": ("openvino",),
     "onnxruntime": ("onnxruntime",),
     "nncf": ("openvino",),

@@ -121,6 +121,15 @@ def _build(runtime: str, spec: ModelSpec, cfg: ModelConfig) -> Runnable:
         from .openvino.build import build_openvino
 
         return build_openvino(spec, cfg)
+    if runtime == "onnxruntime":
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ModelLoadError(
+                "--backend onnxruntime: ONNX Runtime is not installed "
+                "(pip install 'poolserve[onnxruntime]')"
+            )
+        from .onnxruntime.build import build_onnxruntime
+
+        return build_onnxruntime(spec, cfg)
     from .torch.build import build_torch
 
     return build_torch(spec, cfg)

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from ..models.spec import ModelSpec
+
+log = logging.getLogger("poolserve.models")
 
 ROOT_ENV = "POOLSERVE_CACHE_DIR"
 
@@ -68,3 +77,42 @@ def cached(runtime: str, key: str, make: Callable[[Path], None]) -> tuple[Path, 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final, False
+
+
+def export_cached(
+    runtime: str, spec: ModelSpec, recipe: dict[str, Any], make: Callable[[Path], None]
+) -> tuple[Path, str]:
+    """(cache folder, key) of ``spec`` exported for ``runtime`` by ``make(folder)``.
+
+    The key covers the model's files (and its Dense modules'), the head, pooling,
+    Dense, token types and config overrides, plus ``recipe`` (the runtime's version,
+    the graph version). A failed export is remembered next to the entry, so a restart
+    does not pay for it again: delete the ``.failed`` file to retry. Raises
+    ModelLoadError naming the runtime.
+    """
+    full = {
+        **recipe,
+        "head": spec.head,
+        "weights": spec.weights,
+        "pooling": spec.pooling_modes,
+        "dense": [(d.out_features, d.activation, d.bias) for d in spec.dense],
+        "token_types": spec.rules.uses_token_type_ids,
+        "config": spec.hf_config.to_json_string(use_diff=True),
+    }
+    key = cache_key([spec.model_dir, *(d.path for d in spec.dense)], full)
+    failed = cache_root() / runtime / f"{key}.failed"
+    if failed.is_file():
+        raise ModelLoadError(failed.read_text(encoding="utf-8").strip())
+    started = time.perf_counter()
+    try:
+        folder, hit = cached(runtime, key, make)
+    except Exception as exc:
+        if not isinstance(exc, ModelLoadError):
+            exc = ModelLoadError(f"--backend {runtime} could not convert {spec.root}: {exc}")
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        failed.write_text(f"{exc} (remembered in {failed})\n", encoding="utf-8")
+        raise exc from None
+    what = "read from the cache" if hit else "converted"
+    elapsed = time.perf_counter() - started
+    log.info("%s: %s %s in %.1f s (%s)", runtime, what, spec.root, elapsed, folder)
+    return folder, key

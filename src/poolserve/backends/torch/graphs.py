@@ -8,11 +8,15 @@ the model's classifier), so an exported model computes what the torch backend do
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ...errors import ModelLoadError
 from ...models.spec import ModelSpec
 from .pooler import exclude_prompt, pool_masked
 
@@ -81,3 +85,59 @@ def example_inputs(
     if spec.rules.uses_token_type_ids:
         out["token_type_ids"] = enc["token_type_ids"]
     return out
+
+
+def export_graph(spec: ModelSpec) -> tuple[nn.Module, bool]:
+    """(the float32 CPU graph of ``spec``'s head, whether it is an embedding graph)."""
+    from ...models.base import EMBEDDING
+    from .build import load_module
+    from .pooler import load_dense
+
+    model = load_module(spec, torch.float32, torch.device("cpu"))
+    embedding = spec.head == EMBEDDING
+    graph: nn.Module
+    if embedding:
+        graph = EmbeddingGraph(model, spec.pooling_modes, [load_dense(d) for d in spec.dense])
+    else:
+        graph = ClassifierGraph(model)
+    return graph.eval(), embedding
+
+
+@contextlib.contextmanager
+def quiet_tracing() -> Iterator[None]:
+    """Inference mode, without the tracer's warnings: it warns of every shape-dependent
+    Python branch in transformers, and :func:`check_export` tests other shapes instead."""
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
+
+
+def check_export(
+    spec: ModelSpec,
+    graph: nn.Module,
+    embedding: bool,
+    run: Callable[[dict[str, np.ndarray]], np.ndarray],
+    runtime: str,
+) -> None:
+    """``run`` (an exported graph's first output, float32) equals ``graph`` on batches of
+    other shapes than the traced one: a trace can freeze a shape-dependent branch (seen:
+    ModernBERT's converted graph returned NaN). Raises ModelLoadError naming ``runtime``.
+    """
+    texts = [
+        "one",
+        "a longer probe sentence, with punctuation, to check the converted model",
+        "three words here",
+    ]
+    with torch.inference_mode():
+        for rows in (texts, texts[:1], texts * 3):
+            inputs = example_inputs(spec, embedding, rows)
+            want = graph(**inputs)
+            want = (want[0] if embedding else want).numpy()
+            got = run({k: v.numpy() for k, v in inputs.items()})
+            if not np.allclose(got, want, rtol=1e-3, atol=1e-4):
+                finite = np.isfinite(got).all()
+                diff = f"{float(np.abs(got - want).max()):.2e}" if finite else "nan"
+                raise ModelLoadError(
+                    f"--backend {runtime}: the conversion of {spec.root} does not match "
+                    f"torch (max difference {diff} on a batch of {len(rows)})"
+                )
