@@ -104,7 +104,7 @@ def build_onnxruntime(spec: ModelSpec, cfg: ModelConfig) -> Runnable:
         raise ModelLoadError(f"--backend onnxruntime: {reason}")
     if cfg.dtype not in ("auto", "float32"):
         raise ModelLoadError(
-            f"--backend onnxruntime runs float32; --dtype {cfg.dtype} needs --backend "
+            f"--backend onnxruntime: runs float32; --dtype {cfg.dtype} needs --backend "
             "openvino (CPU) or torch"
         )
     if cfg.quantization is not None:
