@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -115,3 +116,21 @@ def peer(
         if run.returncode != 0:
             return run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "failed"
         return float(json.loads(run.stdout.strip().splitlines()[-1])["seconds"]), np.load(out)
+
+
+def add_comparison_flags(parser: argparse.ArgumentParser) -> None:
+    """``--serve FLAGS`` (repeatable) and ``--peers-python``, as both benchmarks take them."""
+    parser.add_argument(
+        "--serve",
+        action="append",
+        default=None,
+        metavar="FLAGS",
+        help="poolserve flags of one measured server (repeatable); default: the default "
+        "flags, '--backend torch', and '--dtype float32'",
+    )
+    parser.add_argument(
+        "--peers-python",
+        default=None,
+        help="a python whose venv has sentence-transformers[openvino,onnx] (PEERS.md): "
+        "measures the peer's backend='onnx' and backend='openvino' in the same run",
+    )

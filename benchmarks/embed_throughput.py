@@ -22,7 +22,7 @@ import time
 
 import httpx
 import numpy as np
-from common import peer, poolserve_server, rss_mib, workload
+from common import add_comparison_flags, peer, poolserve_server, rss_mib, workload
 
 from poolserve.cpu import describe
 
@@ -87,20 +87,7 @@ def main() -> None:
         "--model", default=None, help="model directory (default: the packaged all-MiniLM-L6-v2)"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
-    parser.add_argument(
-        "--serve",
-        action="append",
-        default=None,
-        metavar="FLAGS",
-        help="poolserve flags of one measured server (repeatable); default: the default "
-        "flags, '--backend torch', and '--dtype float32'",
-    )
-    parser.add_argument(
-        "--peers-python",
-        default=None,
-        help="a python whose venv has sentence-transformers[openvino,onnx] (PEERS.md): "
-        "measures its backend='onnx' and backend='openvino' in the same run",
-    )
+    add_comparison_flags(parser)
     args = parser.parse_args()
 
     from transformers import AutoTokenizer

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from common import peer, poolserve_server, rss_mib, workload
+from common import add_comparison_flags, peer, poolserve_server, rss_mib, workload
 
 from poolserve.cpu import describe
 
@@ -133,20 +133,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--docs", type=int, default=100)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument(
-        "--serve",
-        action="append",
-        default=None,
-        metavar="FLAGS",
-        help="poolserve flags of one measured server (repeatable); default: the default "
-        "flags, '--backend torch', and '--dtype float32'",
-    )
-    parser.add_argument(
-        "--peers-python",
-        default=None,
-        help="a python whose venv has sentence-transformers[openvino,onnx] (PEERS.md): "
-        "measures CrossEncoder backend='onnx' and backend='openvino' in the same run",
-    )
+    add_comparison_flags(parser)
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
