@@ -44,7 +44,6 @@ class ExportedBackend(ABC):
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.embedding = spec.head == EMBEDDING
-        self.token_types = spec.rules.uses_token_type_ids
         # per-token "head" rows (token_classify on an embedding model) apply the Dense
         # layers to every token, in numpy
         self.dense = numpy_dense(spec) if self.embedding and spec.dense else []
@@ -54,16 +53,8 @@ class ExportedBackend(ABC):
         """(first output as float32, the hidden states when ``hidden`` else None)."""
 
     def forward(self, batch: Batch) -> np.ndarray | list[np.ndarray]:
-        ids, mask, types = pad_batch(
-            batch, pad_token_id=self.spec.pad_token_id, token_types=self.token_types
-        )
-        inputs: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask}
-        if self.embedding:
-            inputs["prompt_lens"] = np.array(
-                [s.prompt_len for s in batch.sequences], dtype=np.int64
-            )
-        if types is not None:
-            inputs["token_type_ids"] = types
+        inputs = graph_inputs(self.spec, batch)
+        mask = inputs["attention_mask"]
         per_token = self.embedding and any(s.per_token for s in batch.sequences)
         out, hidden = self.run(inputs, per_token)
         if not per_token:
@@ -82,6 +73,19 @@ class ExportedBackend(ABC):
 
     def warmup(self) -> None:
         self.forward(Batch([TokenSeq(token_ids=(self.spec.pad_token_id,) * 8)]))
+
+
+def graph_inputs(spec: ModelSpec, batch: Batch) -> dict[str, np.ndarray]:
+    """The exported graph's inputs for ``batch``, by name (right-padded int64)."""
+    ids, mask, types = pad_batch(
+        batch, pad_token_id=spec.pad_token_id, token_types=spec.rules.uses_token_type_ids
+    )
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if spec.head == EMBEDDING:
+        inputs["prompt_lens"] = np.array([s.prompt_len for s in batch.sequences], dtype=np.int64)
+    if types is not None:
+        inputs["token_type_ids"] = types
+    return inputs
 
 
 def numpy_dense(spec: ModelSpec) -> DenseLayers:

@@ -11,6 +11,7 @@ input rules. Backends (``poolserve.backends``) build a runnable model from a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -417,7 +418,7 @@ def describe(cfg: ModelConfig) -> ModelSpec:
     )
     score_activation = None
     if head == TOKENS:
-        info = _replace(
+        info = dataclasses.replace(
             info,
             normalize=False,
             activation=_override_flag(override, ("softmax", "activation"), False),
@@ -429,7 +430,7 @@ def describe(cfg: ModelConfig) -> ModelSpec:
             cross.config if cross is not None else None,
             trust_remote_code=cfg.trust_remote_code and not decoder,
         )
-        info = _replace(
+        info = dataclasses.replace(
             info,
             normalize=False,
             labels=label_names(hf_config),
@@ -459,9 +460,3 @@ def describe(cfg: ModelConfig) -> ModelSpec:
         score_activation=score_activation,
         trust_remote_code=cfg.trust_remote_code,
     )
-
-
-def _replace(info: ModelInfo, **changes: Any) -> ModelInfo:
-    import dataclasses
-
-    return dataclasses.replace(info, **changes)

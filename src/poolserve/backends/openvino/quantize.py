@@ -24,7 +24,9 @@ import numpy as np
 import openvino as ov
 
 from ...errors import ModelLoadError
+from ...models.base import Batch, TokenSeq
 from ...models.spec import ModelSpec
+from ..exported import graph_inputs
 
 log = logging.getLogger("poolserve.models")
 
@@ -103,29 +105,16 @@ def texts(n: int, seed: int) -> list[str]:
 def batches(spec: ModelSpec, rows: list[str], per_batch: int = 16) -> list[dict[str, np.ndarray]]:
     """Model inputs for ``rows``, ``per_batch`` texts a batch (length-sorted, padded)."""
     limit = spec.rules.max_model_len
-    encoded = [spec.tokenizer(t, truncation=True, max_length=limit) for t in rows]
-    encoded.sort(key=lambda e: len(e["input_ids"]))
-    out = []
-    for start in range(0, len(encoded), per_batch):
-        chunk = encoded[start : start + per_batch]
-        width = max(len(e["input_ids"]) for e in chunk)
-        ids = np.full((len(chunk), width), spec.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(chunk), width), dtype=np.int64)
-        types = np.zeros((len(chunk), width), dtype=np.int64)
-        for i, e in enumerate(chunk):
-            n = len(e["input_ids"])
-            ids[i, :n], mask[i, :n] = e["input_ids"], 1
-            if "token_type_ids" in e:
-                types[i, :n] = e["token_type_ids"]
-        item = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "prompt_lens": np.zeros(len(chunk), dtype=np.int64),
-        }
-        if spec.rules.uses_token_type_ids:
-            item["token_type_ids"] = types
-        out.append(item)
-    return out
+    seqs = []
+    for text in rows:
+        enc = spec.tokenizer(text, truncation=True, max_length=limit)
+        types = enc.get("token_type_ids") if spec.rules.uses_token_type_ids else None
+        seqs.append(TokenSeq(tuple(enc["input_ids"]), tuple(types) if types else None))
+    seqs.sort(key=len)
+    return [
+        graph_inputs(spec, Batch(seqs[start : start + per_batch]))
+        for start in range(0, len(seqs), per_batch)
+    ]
 
 
 def quantize(spec: ModelSpec, model: Any, folder: Path) -> None:
