@@ -11,7 +11,7 @@ $(BIN)/activate:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-.PHONY: install install-test serve test lint bench bench-rerank
+.PHONY: install install-test serve test test-cluster lint bench bench-rerank bench-frontend
 install: $(BIN)/activate
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e .
@@ -28,11 +28,26 @@ lint:
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
+# The same tests against multi-process servers (tests/fixtures/cluster.py): the fast
+# ones in CI; `make test-cluster` runs the whole contract and e2e suites in both modes.
+CLUSTER_API2 := tests/contract/test_limits.py tests/e2e/test_overload.py \
+	tests/e2e/test_shutdown.py
+CLUSTER_DP2 := tests/contract/test_embeddings.py tests/e2e/test_faults.py
+
 test: install-test lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	POOLSERVE_TEST_CLUSTER=api2 $(BIN)/python -m pytest -q $(CLUSTER_API2)
+	POOLSERVE_TEST_CLUSTER=dp2 $(BIN)/python -m pytest -q $(CLUSTER_DP2)
+
+test-cluster: install-test
+	POOLSERVE_TEST_CLUSTER=api2 $(BIN)/python -m pytest -q tests/contract tests/e2e
+	POOLSERVE_TEST_CLUSTER=dp2 $(BIN)/python -m pytest -q tests/contract tests/e2e
 
 bench: install-test
 	$(BIN)/python benchmarks/embed_throughput.py $(ARGS)
 
 bench-rerank: install-test
 	$(BIN)/python benchmarks/rerank_throughput.py $(ARGS)
+
+bench-frontend: install-test
+	$(BIN)/python benchmarks/frontend_throughput.py $(ARGS)

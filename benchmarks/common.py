@@ -58,8 +58,13 @@ def rss_mib(pid: int) -> tuple[float, float]:
 
 
 @contextlib.contextmanager
-def poolserve_server(args: list[str], timeout: float = 180) -> Iterator[tuple[str, int]]:
-    """Start ``poolserve serve ARGS`` on a free loopback port; yield (url, pid)."""
+def poolserve_server(
+    args: list[str], timeout: float = 180, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """Start ``poolserve serve ARGS`` on a free loopback port; yield (url, pid).
+
+    ``env`` adds to the environment (e.g. PYTHONPATH to run another checkout's source).
+    """
     port = free_port()
     cmd = [
         sys.executable,
@@ -74,7 +79,7 @@ def poolserve_server(args: list[str], timeout: float = 180) -> Iterator[tuple[st
         "--uvicorn-log-level",
         "warning",
     ]
-    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout

@@ -43,20 +43,34 @@ def bench_sentence_transformers(
     return time.perf_counter() - start, np.asarray(vectors, dtype=np.float32)
 
 
+# (encoding_format, embed_dtype) of the requests: base64 float32 as the openai SDK asks,
+# or vLLM's compact "bytes" answer in float16 (--compact).
+FORMAT = ["base64", "float32"]
+_NUMPY = {"float32": "<f4", "float16": "<f2"}
+BYTES_RECEIVED = [0]
+
+
 async def _client(
     url: str, chunks: list[list[str]], out: list[np.ndarray | None], queue: asyncio.Queue[int]
 ) -> None:
+    fmt, dtype = FORMAT
+    body = {"encoding_format": fmt, "embed_dtype": dtype, "endianness": "little"}
     async with httpx.AsyncClient(base_url=url, timeout=300) as client:
         while not queue.empty():
             i = queue.get_nowait()
-            # base64, as the openai SDK asks by default.
-            r = await client.post(
-                "/v1/embeddings", json={"input": chunks[i], "encoding_format": "base64"}
-            )
+            r = await client.post("/v1/embeddings", json={"input": chunks[i], **body})
             r.raise_for_status()
+            BYTES_RECEIVED[0] += len(r.content)
+            if fmt == "bytes":  # one buffer, all rows: n x dim values
+                rows = np.frombuffer(r.content, _NUMPY[dtype]).reshape(len(chunks[i]), -1)
+                out[i] = rows.astype(np.float32)
+                continue
             out[i] = np.stack(
-                [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in r.json()["data"]]
-            )
+                [
+                    np.frombuffer(base64.b64decode(d["embedding"]), _NUMPY[dtype])
+                    for d in r.json()["data"]
+                ]
+            ).astype(np.float32)
 
 
 async def bench_poolserve(
@@ -69,6 +83,7 @@ async def bench_poolserve(
     for i in range(min(len(chunks), 2 * clients)):
         warm.put_nowait(i)
     await asyncio.gather(*[_client(url, chunks, out, warm) for _ in range(clients)])
+    BYTES_RECEIVED[0] = 0  # count the measured pass only
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(len(chunks)):
         queue.put_nowait(i)
@@ -87,6 +102,12 @@ def main() -> None:
         "--model", default=None, help="model directory (default: the packaged all-MiniLM-L6-v2)"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
+    parser.add_argument(
+        "--compact",
+        action="store_true",
+        help='also measure each poolserve configuration with encoding_format "bytes" and '
+        'embed_dtype "float16" (vLLM\'s compact answer)',
+    )
     add_comparison_flags(parser)
     args = parser.parse_args()
 
@@ -105,7 +126,7 @@ def main() -> None:
 
     rows: list[tuple[str, float, np.ndarray | None, str]] = []
     base_s, base = bench_sentence_transformers(texts, model_dir, "float32", args.device)
-    rows.append(("sentence-transformers torch float32 (base)", base_s, base, ""))
+    rows.append(("sentence-transformers torch float32 (base)", base_s, base, " | "))
     if args.peers_python:
         for backend in ("onnx", "openvino"):
             got = peer(args.peers_python, "embed", model_dir, backend, texts)
@@ -113,23 +134,28 @@ def main() -> None:
             if isinstance(got, str):
                 print(f"{name}: not measured ({got})")
             else:
-                rows.append((name, got[0], got[1], ""))
+                rows.append((name, got[0], got[1], " | "))
     for flags in configs:
         serve_args = [*([args.model] if args.model else []), "--device", args.device]
         serve_args += shlex.split(flags)
+        formats = [("base64", "float32")] + ([("bytes", "float16")] if args.compact else [])
         with poolserve_server(serve_args) as (url, pid):
-            seconds, vectors = asyncio.run(
-                bench_poolserve(url, texts, args.clients, args.per_request)
-            )
-            _, peak = rss_mib(pid)
-        rows.append((f"poolserve {flags or '(default flags)'}", seconds, vectors, f"{peak:.0f}"))
+            for fmt in formats:
+                FORMAT[:] = fmt
+                seconds, vectors = asyncio.run(
+                    bench_poolserve(url, texts, args.clients, args.per_request)
+                )
+                per_text = BYTES_RECEIVED[0] / len(texts)
+                _, peak = rss_mib(pid)
+                name = f"poolserve {flags or '(default flags)'} ({fmt[0]}, {fmt[1]})"
+                rows.append((name, seconds, vectors, f"{peak:.0f} | {per_text:.0f}"))
 
     print(f"model: {model_dir} on {args.device}")
     print(f"cpu: {describe()}")
     print(f"workload: {len(texts)} texts, {tokens} tokens (5-120 words, seed 0)")
     print(f"poolserve over HTTP: {args.clients} clients x {args.per_request} texts, base64")
-    print("| what | texts/s | vs base | min cosine to base | peak RSS MiB |")
-    print("|---|---|---|---|---|")
+    print("| what | texts/s | vs base | min cosine to base | peak RSS MiB | response bytes/text |")
+    print("|---|---|---|---|---|---|")
     for name, seconds, vectors, rss in rows:
         cos = "" if vectors is None else f"{cosines(vectors, base).min():.5f}"
         print(f"| {name} | {len(texts) / seconds:.1f} | {base_s / seconds:.2f}x | {cos} | {rss} |")

@@ -27,7 +27,7 @@ from poolserve.config import Config, EngineConfig, ModelConfig, ServerConfig
 from poolserve.errors import ModelLoadError
 from poolserve.runtime import build_context
 from poolserve.serving.context import ServingContext
-from tests.fixtures import tiny_models
+from tests.fixtures import cluster, tiny_models
 
 # Converted models (OpenVINO IR) go to a cache of this run, never the user's.
 os.environ.setdefault("POOLSERVE_CACHE_DIR", tempfile.mkdtemp(prefix="poolserve-cache-"))
@@ -85,7 +85,9 @@ def make_context(model: str | Path | None = None, **overrides: Any) -> ServingCo
         engine=EngineConfig(**ekw),
     )
     try:
-        return build_context(config)
+        ctx = build_context(config)
+        CONFIGS[id(ctx)] = config
+        return ctx
     except ModelLoadError as exc:
         # POOLSERVE_TEST_BACKEND=openvino|onnxruntime runs each test on that backend
         # where it applies; a kind it refuses by name (decoders, reward models, custom
@@ -93,14 +95,30 @@ def make_context(model: str | Path | None = None, **overrides: Any) -> ServingCo
         refused = f"--backend {TEST_BACKEND}: " in str(exc) and "torch" in str(exc)
         if explicit or TEST_BACKEND in ("torch", "auto") or not refused:
             raise
-        return build_context(
-            dataclasses.replace(config, model=dataclasses.replace(config.model, backend="torch"))
+        config = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, backend="torch")
         )
+        ctx = build_context(config)
+        CONFIGS[id(ctx)] = config
+        return ctx
+
+
+# The Config each make_context() context was built from (the multi-process modes
+# start their servers from it).
+CONFIGS: dict[int, Config] = {}
 
 
 @contextlib.contextmanager
 def serve_in_thread(ctx: ServingContext, server: ServerConfig | None = None) -> Iterator[str]:
-    """Run the app for ``ctx`` under uvicorn on a free loopback port; yield its base URL."""
+    """Run the app for ``ctx`` under uvicorn on a free loopback port; yield its base URL.
+
+    Under POOLSERVE_TEST_CLUSTER (tests/fixtures/cluster.py) the same Config is served
+    by a multi-process server instead.
+    """
+    if cluster.MODE and id(ctx) in CONFIGS:
+        with serve_cluster(CONFIGS[id(ctx)], server) as url:
+            yield url
+        return
     # The socket is bound here and handed to uvicorn, so no other process can take the
     # port between choosing it and listening on it.
     sock = socket.socket()
@@ -136,3 +154,45 @@ def default_url(default_ctx: ServingContext) -> Iterator[str]:
     """A live server of the default model (shared by the whole session)."""
     with serve_in_thread(default_ctx) as url:
         yield url
+
+
+@contextlib.contextmanager
+def serve_cluster(config: Config, server: ServerConfig | None = None) -> Iterator[str]:
+    """``config`` (with ``server``) as a multi-process server of this run's mode, in a
+    spawned child; yield its base URL."""
+    import multiprocessing
+
+    import requests
+
+    for _ in range(3):  # a free port may be taken before the child binds it
+        port = free_port()
+        srv = dataclasses.replace(
+            server or ServerConfig(), host="127.0.0.1", port=port, uvicorn_log_level="warning"
+        )
+        spawn = multiprocessing.get_context("spawn")
+        proc = spawn.Process(
+            target=cluster.cluster_entry,
+            args=(dataclasses.replace(config, server=srv), *cluster.sizes()),
+            daemon=False,
+        )
+        proc.start()
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while proc.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            proc.kill()
+            proc.join()
+            continue
+        try:
+            yield url
+        finally:
+            proc.terminate()
+            proc.join(60)
+            if proc.is_alive():
+                proc.kill()
+        return
+    raise RuntimeError("the multi-process test server did not start")

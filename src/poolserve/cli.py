@@ -169,6 +169,9 @@ def serve(config: Config) -> int:
     import uvicorn
 
     from .api.app import create_app
+    from .api.connections import uvicorn_options
+    from .backends import gpu_visible
+    from .cluster import cluster_sizes, run_cluster
     from .runtime import build_context
 
     level = config.server.uvicorn_log_level.upper()
@@ -178,6 +181,9 @@ def serve(config: Config) -> int:
     )
     if config.server.disable_log_requests:
         logging.getLogger("poolserve.access").setLevel(logging.WARNING)
+    fronts, engines = cluster_sizes(config, gpu=config.model.device != "cpu" and gpu_visible())
+    if fronts > 1 or engines > 1:
+        return run_cluster(config, fronts, engines)
     ctx = build_context(config)
     app = create_app(ctx, config.server)
     if threading.current_thread() is threading.main_thread():
@@ -196,6 +202,8 @@ def serve(config: Config) -> int:
         # uvicorn stops accepting, then waits this long for in-flight requests (queued
         # engine work included) before it cancels them; the engine then stops.
         timeout_graceful_shutdown=math.ceil(config.server.shutdown_grace),
+        # Read deadlines, idle keep-alive and the connection cap (api/connections.py).
+        **uvicorn_options(config.server),
     )
     return 0
 

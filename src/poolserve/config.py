@@ -162,6 +162,15 @@ class EngineConfig:
         },
     )
     max_num_seqs: int = field(default=256, metadata={"help": "Sequences one forward may take."})
+    data_parallel_size: int = field(
+        default=1,
+        metadata={
+            "help": "Engine processes, each with its own copy of the model: one per GPU, or "
+            "several on one GPU or CPU for small models; front ends send each request to "
+            "the one with the fewest tokens in flight. On a CPU they share the cores.",
+            "aliases": ("-dp",),
+        },
+    )
     max_queued_requests: int = field(
         default=1024,
         metadata={
@@ -257,8 +266,54 @@ class ServerConfig:
             "parse": "size",
         },
     )
+    header_timeout: float = field(
+        default=10.0,
+        metadata={
+            "help": "Seconds a client has to send a whole request head: from connecting, "
+            "or from the first byte of its next request on a kept-alive connection. Past "
+            "it 408 and the connection closes (a silent close if nothing came). A head "
+            "is a few hundred bytes, one round trip; 0: no limit."
+        },
+    )
+    body_timeout: float = field(
+        default=60.0,
+        metadata={
+            "help": "Seconds a client has to send a whole request body once its head is "
+            "in (a stalled body, a Content-Length longer than the body); past it 408 "
+            "and the connection closes. 60 s takes a 1 MB body at 17 kB/s, a 64 MiB one "
+            "(--max-request-bytes) at 9 Mbit/s: raise it for big bodies on slow links. "
+            "0: no limit."
+        },
+    )
+    keep_alive_timeout: float = field(
+        default=5.0,
+        metadata={
+            "help": "Seconds a kept-alive connection may sit idle after an answer before "
+            "it is closed (uvicorn's and vLLM's 5). Behind a proxy or load balancer "
+            "that reuses connections, set it above the proxy's own idle timeout."
+        },
+    )
+    max_connections: int | None = field(
+        default=None,
+        metadata={
+            "help": "Open connections this process keeps; a new one past it gets 503 "
+            "and is closed at once. Default: the open-file limit (ulimit -n) less 256 "
+            "for the process's own files, at most 4096, so the server refuses cleanly "
+            "before it runs out of descriptors. 0: no cap."
+        },
+    )
     ssl_keyfile: str | None = field(default=None, metadata={"help": "TLS key file."})
     ssl_certfile: str | None = field(default=None, metadata={"help": "TLS certificate file."})
+    api_server_count: int | None = field(
+        default=None,
+        metadata={
+            "help": "HTTP front-end processes on the one port, each parsing and tokenizing, "
+            "all feeding the engine process(es) over Unix sockets as raw arrays. Default: 1 "
+            "on a CPU (the model needs the cores; one front end is fastest on 2 cores), "
+            "up to 4 (a quarter of the cores) with a GPU.",
+            "aliases": ("-asc",),
+        },
+    )
 
 
 @dataclass(frozen=True)

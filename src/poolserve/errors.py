@@ -87,6 +87,23 @@ class RequestTimeout(PoolserveError):
     error_type = "RequestTimeout"
 
 
+class RequestReadTimeout(PoolserveError):
+    """The client sent its request head or body too slowly (408; the connection closes).
+
+    Sent by the connection layer (``api/connections.py``), never by a handler.
+    """
+
+    status = 408
+    error_type = "RequestTimeout"
+
+
+class TooManyConnections(PoolserveError):
+    """The process holds ``--max-connections`` open connections; a new one gets this (503)."""
+
+    status = 503
+    error_type = "Overloaded"
+
+
 class ClientClosedRequest(PoolserveError):
     """The client went away before the request was read or answered (499, never sent)."""
 

@@ -1,8 +1,25 @@
-"""Prometheus metrics, one registry per served model (so tests can build many apps)."""
+"""Prometheus metrics, one registry per served model (so tests can build many apps).
+
+A multi-process server (``--api-server-count``, ``--data-parallel-size``) sets
+``PROMETHEUS_MULTIPROC_DIR`` before it starts its children: every process then writes
+its values there and ``/metrics`` on any front end reports the sum over all of them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# The variable prometheus_client reads (at import) to share values between processes.
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -55,13 +72,18 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "poolserve_queue_depth", "Sequences waiting for a batch.", ["model"], registry=r
+            "poolserve_queue_depth",
+            "Sequences waiting for a batch.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",  # each engine process has its queue
         )
         self.requests_inflight = Gauge(
             "poolserve_requests_inflight",
             "POST requests admitted and not yet answered (being read, queued or computed).",
             ["model"],
             registry=r,
+            multiprocess_mode="livesum",  # each front end reports its own
         )
         self.prompt_tokens = Counter(
             "poolserve_prompt_tokens", "Prompt tokens computed.", ["model"], registry=r
@@ -101,3 +123,15 @@ class Metrics:
     def on_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(self.model, endpoint, str(status)).inc()
         self.request_duration.labels(self.model, endpoint).observe(seconds)
+
+
+def exposition(metrics: Metrics) -> tuple[bytes, str]:
+    """(body, content type) of ``/metrics``: this process's registry, or the sum over the
+    server's processes when they share a multiprocess directory."""
+    registry = metrics.registry
+    if os.environ.get(MULTIPROC_DIR):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,8 @@ from . import backends, cpu
 from .backends import Runnable
 from .config import DEFAULT_MODEL_NAME, Config, ModelConfig
 from .engine import Engine
+from .engine.engine import EngineObserver
+from .engine.remote import RemoteEngine
 from .inputs.processor import InputProcessor
 from .metrics import Metrics
 from .models.activations import numpy_activation
@@ -77,11 +80,9 @@ def score_activation(path: str, *, trusted: bool = False) -> Activation:
     return TorchActivation(path, trusted=trusted)
 
 
-def load_model(cfg: ModelConfig) -> LoadedModel:
-    """Describe the model of ``cfg`` and build its backend (ModelLoadError on failure)."""
-    spec = describe(cfg)
-    runnable = backends.build(spec, cfg)
-    info = dataclasses.replace(spec.info, dtype=runnable.dtype, device=runnable.device)
+def model_info(spec: ModelSpec, dtype: str, device: str) -> ModelInfo:
+    """The serving facts of ``spec`` run in ``dtype`` on ``device`` (score activation built)."""
+    info = dataclasses.replace(spec.info, dtype=dtype, device=device)
     if spec.score_activation is not None:
         info = dataclasses.replace(
             info,
@@ -89,6 +90,14 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
                 spec.score_activation, trusted=spec.trust_remote_code and not spec.decoder
             ),
         )
+    return info
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    """Describe the model of ``cfg`` and build its backend (ModelLoadError on failure)."""
+    spec = describe(cfg)
+    runnable = backends.build(spec, cfg)
+    info = model_info(spec, runnable.dtype, runnable.device)
     log.info(
         "loaded %s: task=%s backend=%s dtype=%s device=%s max_model_len=%d %s",
         spec.root,
@@ -113,22 +122,24 @@ def _head_summary(spec: ModelSpec, info: ModelInfo) -> str:
     return f"dim={info.dimension} pooling={pooling}" + (" normalize" if info.normalize else "")
 
 
-def build_context(config: Config) -> ServingContext:
-    """Load the model of ``config`` and return a ready (not yet started) serving context.
-
-    Raises ModelLoadError with a one-line message when the model cannot be loaded.
-    """
-    loaded = load_model(config.model)
+def build_engine(
+    config: Config,
+    loaded: LoadedModel,
+    *,
+    cores: int | None = None,
+    observer: EngineObserver | None = None,
+) -> Engine:
+    """The engine over ``loaded``'s backend (warmed up), its threads set for ``cores``
+    (default: every core this process may use)."""
     runnable = loaded.runnable
-    workers = config.engine.model_workers or runnable.default_workers()
+    cores = cores or len(os.sched_getaffinity(0))
+    workers = config.engine.model_workers or min(cores, runnable.default_workers(cores))
     threads = 1
     if runnable.on_cpu:
-        threads = runnable.configure_threads(workers)
+        threads = runnable.configure_threads(workers, cores)
         log.info("cpu: %s; %d model worker(s) x %d thread(s)", cpu.describe(), workers, threads)
     loaded.backend.warmup()
-    names = served_names(config)
-    metrics = Metrics(names[0])
-    engine = Engine(
+    return Engine(
         loaded.backend,
         max_num_batched_tokens=config.engine.max_num_batched_tokens
         or default_token_budget(loaded.info.device, threads),
@@ -136,13 +147,47 @@ def build_context(config: Config) -> ServingContext:
         max_queued_requests=config.engine.max_queued_requests,
         max_request_tokens=config.engine.max_request_tokens,
         workers=workers,
-        observer=metrics,
+        observer=observer,
     )
+
+
+def build_context(config: Config) -> ServingContext:
+    """Load the model of ``config`` and return a ready (not yet started) serving context.
+
+    Raises ModelLoadError with a one-line message when the model cannot be loaded.
+    """
+    loaded = load_model(config.model)
+    names = served_names(config)
+    metrics = Metrics(names[0])
     return ServingContext(
-        engine=engine,
+        engine=build_engine(config, loaded, observer=metrics),
         processor=InputProcessor(loaded.tokenizer, loaded.rules),
         info=loaded.info,
         served_names=names,
         metrics=metrics,
+        max_client_batch_size=config.engine.max_client_batch_size,
+    )
+
+
+def frontend_context(
+    config: Config, engine_paths: list[str], dtype: str, device: str
+) -> ServingContext:
+    """A front-end process's context: the model described (tokenizer, facts), not loaded;
+    its engine the engine processes listening at ``engine_paths``."""
+    spec = describe(config.model)
+    names = served_names(config)
+    engine = RemoteEngine(
+        engine_paths,
+        max_num_batched_tokens=config.engine.max_num_batched_tokens or 0,
+        max_num_seqs=config.engine.max_num_seqs,
+        max_queued_requests=config.engine.max_queued_requests,
+        max_request_tokens=config.engine.max_request_tokens,
+    )
+    return ServingContext(
+        engine=engine,  # type: ignore[arg-type]
+        processor=InputProcessor(spec.tokenizer, spec.rules),
+        info=model_info(spec, dtype, device),
+        served_names=names,
+        metrics=Metrics(names[0]),
         max_client_batch_size=config.engine.max_client_batch_size,
     )

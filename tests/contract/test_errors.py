@@ -68,7 +68,7 @@ def test_invalid_json_is_400(tiny_url: str, path: str, data: bytes) -> None:
         ("/v1/embeddings", {"messages": {"role": "user"}}, "messages"),
         ("/v1/embeddings", {"messages": [{"role": "user"}], "chat_template": 1}, "chat_template"),
         ("/pooling", {"input": "a", "task": 3}, "task"),
-        ("/pooling", {"input": "a", "encoding_format": "bytes"}, "encoding_format"),
+        ("/pooling", {"input": "a", "encoding_format": "binary"}, "encoding_format"),
         ("/tokenize", {"prompt": 1}, "prompt"),
         ("/tokenize", {"prompt": "a", "add_special_tokens": []}, "add_special_tokens"),
         ("/detokenize", {"tokens": ["a"]}, "tokens"),

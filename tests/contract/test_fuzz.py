@@ -42,7 +42,9 @@ def check(case: Any) -> None:
     """One generated request: no 5xx, and every error answer in the error shape."""
     response = case.call(timeout=REQUEST_TIMEOUT)
     status = response.status_code
-    where = f"{case.method} {case.path} -> {status}: {response.text[:500]}"
+    # (bytes / bytes_only answers are binary, not text)
+    text = response.content[:500].decode("utf-8", "replace")
+    where = f"{case.method} {case.path} -> {status}: {text}"
     assert status < 500, where
     if status >= 400:
         body = response.json()

@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tests.conftest import make_context, serve_in_thread
 from tests.contract.util import CROSS_NAME, assert_error, context_message, ok, post
+from tests.fixtures import cluster
 
 QUERY = "which city has the most people"
 DOCS = [
@@ -175,6 +176,7 @@ class _BatchRecorder:
 
 @pytest.fixture(scope="module")
 def small_budget(tiny: Callable[..., Path]) -> Iterator[tuple[str, _BatchRecorder]]:
+    cluster.in_process_only("records the in-process engine's batches")
     ctx = make_context(tiny("cross", "bert"), max_num_batched_tokens=BUDGET, max_num_seqs=64)
     recorder = _BatchRecorder(ctx.engine.observer)
     ctx.engine.observer = recorder

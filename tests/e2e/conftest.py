@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from tests.conftest import free_port
+from tests.fixtures import cluster
 
 START_TIMEOUT = 90.0  # generous: the children start together on a small, shared machine
 
@@ -47,6 +48,8 @@ class ServerProcess:
     def start(self, *, with_port: bool = True) -> ServerProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", self.module, "serve", *self.args]
+        if not {"--api-server-count", "--data-parallel-size"} & set(self.args):
+            argv += cluster.FLAGS  # POOLSERVE_TEST_CLUSTER: every server multi-process
         if self.dtype is not None:
             argv += ["--dtype", self.dtype]
         if with_port:

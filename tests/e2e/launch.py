@@ -6,6 +6,10 @@ Environment (all optional):
 
 - ``POOLSERVE_TEST_DELAY``: seconds every forward sleeps;
 - ``POOLSERVE_TEST_POISON``: a token id; a batch holding it raises in its forward.
+
+The wrapper goes around every backend ``poolserve.backends.build`` returns. It is
+installed when this module is imported, so the engine processes of a multi-process
+server (spawned children re-import the parent's main module) get it too.
 """
 
 from __future__ import annotations
@@ -14,24 +18,25 @@ import os
 import sys
 from typing import Any
 
-import poolserve.runtime as runtime
+import poolserve.backends as backends
 from poolserve import cli
-from tests.fixtures.hardening import control
+from tests.fixtures.hardening import ControlledBackend
 
-_build_context = runtime.build_context
+_build = backends.build
 
 
-def _build_wrapped(config: Any) -> Any:
-    ctx = _build_context(config)
+def _build_wrapped(spec: Any, cfg: Any) -> Any:
+    runnable = _build(spec, cfg)
     poison = os.environ.get("POOLSERVE_TEST_POISON")
-    control(
-        ctx,
+    runnable.backend = ControlledBackend(
+        runnable.backend,
         delay=float(os.environ.get("POOLSERVE_TEST_DELAY", "0")),
         poison=int(poison) if poison else None,
     )
-    return ctx
+    return runnable
 
+
+backends.build = _build_wrapped  # runtime.load_model calls it at call time
 
 if __name__ == "__main__":
-    runtime.build_context = _build_wrapped  # cli.serve imports it at call time
     sys.exit(cli.main(sys.argv[1:]))

@@ -169,7 +169,7 @@ async def test_mixed_lengths_are_packed_sorted(backend: FakeBackend) -> None:
     finally:
         await eng.stop()
     assert as_lists(out) == expected(seqs)
-    assert sorted(backend.seen) == sorted(s.token_ids for s in seqs)
+    assert sorted(backend.seen) == sorted(tuple(s.token_ids) for s in seqs)
     spans = [(min(map(len, b)), max(map(len, b))) for b in backend.batches]
     for b in backend.batches:
         assert len(b) <= 64

@@ -26,6 +26,8 @@ EXPECTED = {
     E.EngineUnavailable: (503, "Overloaded"),
     E.InternalError: (500, "InternalServerError"),
     E.RequestTimeout: (504, "RequestTimeout"),
+    E.RequestReadTimeout: (408, "RequestTimeout"),
+    E.TooManyConnections: (503, "Overloaded"),
     E.ClientClosedRequest: (499, "ClientClosedRequest"),
 }
 

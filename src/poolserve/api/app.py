@@ -15,6 +15,7 @@ from .. import __version__
 from ..config import ServerConfig
 from ..serving.context import ServingContext
 from . import errors
+from .admission import Counts
 from .middleware import GatewayMiddleware
 from .routes import classify, embeddings, invocations, ops, score, tokenize
 from .routes._common import BODY_MODELS
@@ -43,8 +44,13 @@ def _route_paths(routes: Iterable[BaseRoute]) -> set[str]:
     return {path for r in routes if (path := getattr(r, "path", None))}
 
 
-def create_app(ctx: ServingContext, server: ServerConfig | None = None) -> FastAPI:
-    """Build the app serving ``ctx``; the engine starts and stops with the app's lifespan."""
+def create_app(
+    ctx: ServingContext, server: ServerConfig | None = None, counts: Counts | None = None
+) -> FastAPI:
+    """Build the app serving ``ctx``; the engine starts and stops with the app's lifespan.
+
+    ``counts`` are the admission counts when several front-end processes share them.
+    """
     server = server or ServerConfig()
 
     @asynccontextmanager
@@ -55,6 +61,7 @@ def create_app(ctx: ServingContext, server: ServerConfig | None = None) -> FastA
             yield
         finally:
             await ctx.engine.stop(grace=app.state.shutdown_grace)
+            ctx.tokenizer.close()
 
     app = FastAPI(
         title="poolserve", version=__version__, lifespan=lifespan, root_path=server.root_path
@@ -81,6 +88,7 @@ def create_app(ctx: ServingContext, server: ServerConfig | None = None) -> FastA
         max_inflight_bytes=server.max_inflight_bytes,
         request_timeout=server.request_timeout,
         log_bodies=server.enable_log_requests,
+        counts=counts,
     )
     # Added last, so outermost: the gateway's own answers (401, 413, 429, 504) carry
     # the CORS headers too, and browsers can read them.

@@ -19,6 +19,7 @@ _TYPES = {
     401: "AuthenticationError",
     404: "NotFoundError",
     405: "BadRequestError",
+    408: "RequestTimeout",
     413: "RequestTooLarge",
     429: "Overloaded",
     499: "ClientClosedRequest",
@@ -35,6 +36,18 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """``{"error": {message, type, param, code}}`` with HTTP status == code."""
+    return Response(
+        error_body(status, message, error_type, param),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def error_body(
+    status: int, message: str, error_type: str | None = None, param: str | None = None
+) -> bytes:
+    """The JSON of an error answer (also written raw by the connection layer)."""
     body = {
         "error": {
             "message": message,
@@ -43,9 +56,7 @@ def error_response(
             "code": status,
         }
     }
-    return Response(
-        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
-    )
+    return orjson.dumps(body)
 
 
 def from_exception(exc: PoolserveError, request_id: str | None = None) -> Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import logging
 import secrets
 import time
@@ -23,6 +24,7 @@ from ..errors import (
     RequestTooLarge,
     Unauthorized,
 )
+from .admission import BYTES, REQUESTS, Counts
 from .errors import from_exception
 
 log = logging.getLogger("poolserve.access")
@@ -133,6 +135,7 @@ class GatewayMiddleware:
         max_inflight_bytes: int | None = None,
         request_timeout: float | None = None,
         log_bodies: bool = False,
+        counts: Counts | None = None,
     ) -> None:
         self.app = app
         self.keys = [k.encode() for k in api_keys if k]
@@ -144,13 +147,22 @@ class GatewayMiddleware:
         self.max_inflight = max_inflight
         self.request_timeout = request_timeout
         self.log_bodies = log_bodies
-        self.inflight = 0
         self.max_inflight_bytes = max_inflight_bytes
-        self.inflight_bytes = 0  # body bytes the admitted requests hold
+        self._id_prefix = secrets.token_hex(8)
+        self._id_counter = itertools.count()
+        # Requests admitted, and the body bytes they hold (shared by front-end processes).
+        self.counts = counts if counts is not None else Counts()
+        # This process's share of them: the gauge (summed over front-end processes).
+        self.local_inflight = 0
+
+    def _new_id(self) -> str:
+        """A unique request id: a random per-process prefix and a counter (a random id
+        per request cost a system call each)."""
+        return f"{self._id_prefix}{next(self._id_counter):016x}"
 
     def _bytes_refusal(self, more: int) -> Overloaded | None:
         limit = self.max_inflight_bytes
-        if limit is None or self.inflight_bytes + more <= limit:
+        if limit is None or self.counts.get(BYTES) + more <= limit:
             return None
         return Overloaded(
             f"the server holds {limit} bytes of request bodies, its limit "
@@ -160,10 +172,9 @@ class GatewayMiddleware:
     def _charge_bytes(self, size: int) -> None:
         # A chunked body, or one longer than its Content-Length said, is checked as it
         # arrives: the app's read fails with the 429.
-        refusal = self._bytes_refusal(size)
-        if refusal is not None:
-            raise refusal
-        self.inflight_bytes += size
+        if not self.counts.try_add(BYTES, size, self.max_inflight_bytes):
+            refusal = self._bytes_refusal(size)
+            raise refusal or Overloaded("the server holds too many request body bytes")
 
     def _needs_key(self, method: str, path: str) -> bool:
         if not self.keys or path in _OPEN_PATHS or method == "OPTIONS":
@@ -194,13 +205,18 @@ class GatewayMiddleware:
         if not self._admits(method, path):
             return None
         limit = self.max_inflight
-        if limit is not None and self.inflight >= limit:
+        # Counted here, atomically (several processes may share the count); the caller
+        # gives the slot back when it answers.
+        if not self.counts.try_add(REQUESTS, 1, limit):
             return Overloaded(
                 f"the server is at its limit of {limit} concurrent requests "
                 "(--max-queued-requests); retry later"
             )
         if length is not None and length.isdigit():
-            return self._bytes_refusal(int(length))
+            refusal = self._bytes_refusal(int(length))
+            if refusal is not None:
+                self.counts.add(REQUESTS, -1)
+                return refusal
         return None
 
     @staticmethod
@@ -214,7 +230,7 @@ class GatewayMiddleware:
             return
         started = time.perf_counter()
         headers = dict(scope["headers"])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1") or secrets.token_hex(16)
+        rid = headers.get(b"x-request-id", b"").decode("latin-1") or self._new_id()
         # Handlers read it from request.state; the client's header stays as sent so a
         # body `request_id` can still name the response.
         scope.setdefault("state", {})["request_id"] = rid
@@ -244,17 +260,18 @@ class GatewayMiddleware:
             if not self._admits(method, path):
                 await self.app(scope, receive, send_wrapper)
                 return
-            self.inflight += 1
-            admitted = True
-            self.metrics.on_inflight(self.inflight)
+            admitted = True  # _refusal counted it
+            self.local_inflight += 1
+            self.metrics.on_inflight(self.local_inflight)
             gone = await self._run_guarded(scope, exchange, send_wrapper)
             if gone:
                 status_box[0] = CLIENT_CLOSED
         finally:
-            self.inflight_bytes -= exchange.held
+            self.counts.add(BYTES, -exchange.held)
             if admitted:
-                self.inflight -= 1
-                self.metrics.on_inflight(self.inflight)
+                self.counts.add(REQUESTS, -1)
+                self.local_inflight -= 1
+                self.metrics.on_inflight(self.local_inflight)
             current_request.reset(token)
             seconds = time.perf_counter() - started
             if method == "POST" or path == "/v1/models":

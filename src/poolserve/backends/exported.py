@@ -72,7 +72,8 @@ class ExportedBackend(ABC):
         return rows
 
     def warmup(self) -> None:
-        self.forward(Batch([TokenSeq(token_ids=(self.spec.pad_token_id,) * 8)]))
+        pad = np.full(8, self.spec.pad_token_id, dtype=np.int32)
+        self.forward(Batch([TokenSeq(token_ids=pad)]))
 
 
 def graph_inputs(spec: ModelSpec, batch: Batch) -> dict[str, np.ndarray]:

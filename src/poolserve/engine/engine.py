@@ -94,6 +94,23 @@ def _key(item: _Item) -> tuple[int, int]:
     return item.key
 
 
+def check_request(
+    tokens: int, max_tokens: int | None, admitted: int = 0, max_admitted: int | None = None
+) -> None:
+    """Admission of one request (this engine's or a front end's stand-in for it): raise
+    RequestTooLarge past ``max_tokens``, Overloaded when ``max_admitted`` are in."""
+    if max_tokens is not None and tokens > max_tokens:
+        raise RequestTooLarge(
+            f"{tokens} tokens in one request is over the limit of {max_tokens} "
+            "(--max-request-tokens)",
+            param="input",
+        )
+    if max_admitted is not None and admitted >= max_admitted:
+        raise Overloaded(
+            f"the server is at its limit of {max_admitted} queued requests; retry later"
+        )
+
+
 class Engine:
     """Batches sequences from concurrent requests through one backend."""
 
@@ -189,13 +206,7 @@ class Engine:
     # -- the public call -------------------------------------------------
     def check_tokens(self, tokens: int) -> None:
         """Raise RequestTooLarge when one request's ``tokens`` are over the limit."""
-        limit = self.max_request_tokens
-        if limit is not None and tokens > limit:
-            raise RequestTooLarge(
-                f"{tokens} tokens in one request is over the limit of {limit} "
-                "(--max-request-tokens)",
-                param="input",
-            )
+        check_request(tokens, self.max_request_tokens)
 
     async def submit(self, seqs: Sequence[TokenSeq]) -> list[np.ndarray]:
         """Run ``seqs`` through the model; return one output per sequence, in order.
@@ -209,12 +220,7 @@ class Engine:
         if not self._accepting or not self.alive:
             raise EngineUnavailable(self._dead_reason or "the engine is not running")
         tokens = sum(len(s) for s in seqs)
-        self.check_tokens(tokens)
-        if self._admitted >= self.max_queued_requests:
-            raise Overloaded(
-                f"the server is at its limit of {self.max_queued_requests} queued requests; "
-                "retry later"
-            )
+        check_request(tokens, self.max_request_tokens, self._admitted, self.max_queued_requests)
         if not seqs:
             return []
         loop = asyncio.get_running_loop()

@@ -23,6 +23,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from ..errors import InvalidRequest, RequestTooLarge
 from ..models.base import InputRules, TokenSeq
 
@@ -92,10 +94,25 @@ class InputProcessor:
         self._lock = threading.Lock()
         self._prompt_len = 0
         self._plain_prompt_len = 0  # the same prompt under add_special_tokens=false
+        # A single text's token type ids are all 0 for every tokenizer we know (BERT's
+        # template gives sequence A type 0): then none are built (None means zeros to the
+        # backends), which saves a Python int per token. Checked once, here.
+        self._single_types_zero = self._probe_single_types()
         if rules.default_prompt and rules.exclude_prompt_from_pooling:
             self._prompt_len = self._measure_prompt(rules.default_prompt)
             plain = tokenizer(rules.default_prompt, add_special_tokens=False)["input_ids"]
             self._plain_prompt_len = len(plain)
+
+    def _probe_single_types(self) -> bool:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return False
+        try:
+            probes = backend.encode_batch(["hello world", "a"], add_special_tokens=True)
+            plain = backend.encode_batch(["hello world"], add_special_tokens=False)
+        except Exception:  # an odd tokenizer: keep its type ids as they come
+            return False
+        return all(t == 0 for e in [*probes, *plain] for t in e.type_ids)
 
     def _measure_prompt(self, prompt: str) -> int:
         # As sentence-transformers: the tokenized prompt minus its trailing special token.
@@ -155,6 +172,40 @@ class InputProcessor:
             out.extend(self._sequences(enc, k, purpose, prompt_len))
         return out
 
+    def from_texts_many(
+        self, jobs: Sequence[tuple[Sequence[str], dict[str, Any]]]
+    ) -> list[list[TokenSeq] | Exception]:
+        """:meth:`from_texts` for several requests at once: ``jobs`` are (texts, keyword
+        arguments); the answer per job is its sequences or the error it alone raised.
+
+        Jobs with the same arguments are tokenized in one call (one Rust batch, one
+        lock); when that call fails, each of them is tokenized alone so only the
+        faulty request gets the error.
+        """
+        out: list[list[TokenSeq] | Exception] = [[] for _ in jobs]
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, (_, kwargs) in enumerate(jobs):
+            groups.setdefault(tuple(sorted(kwargs.items())), []).append(i)
+        for members in groups.values():
+            texts = [t for i in members for t in jobs[i][0]]
+            try:
+                seqs = self.from_texts(texts, **jobs[members[0]][1]) if len(members) > 1 else None
+            except Exception:
+                seqs = None
+            if seqs is None:
+                for i in members:
+                    try:
+                        out[i] = self.from_texts(jobs[i][0], **jobs[i][1])
+                    except Exception as exc:  # answered to that request alone
+                        out[i] = exc
+                continue
+            start = 0
+            for i in members:
+                n = len(jobs[i][0])
+                out[i] = seqs[start : start + n]
+                start += n
+        return out
+
     def _bounded(self, text: str, k: int | None, purpose: str) -> str:
         """``text``, or (truncating to ``k``) a prefix of it with the same first k tokens.
 
@@ -209,7 +260,7 @@ class InputProcessor:
                 backend.no_padding()
                 encodings = backend.encode_batch(batch, add_special_tokens=add_special_tokens)
                 out: dict[str, Any] = {"input_ids": [e.ids for e in encodings]}
-                if self.rules.uses_token_type_ids:
+                if self.rules.uses_token_type_ids and not self._single_types_zero:
                     out["token_type_ids"] = [e.type_ids for e in encodings]
                 return out
             return dict(
@@ -240,7 +291,11 @@ class InputProcessor:
                 types = types[:k] if types is not None else None
             self._check_length(len(ids), purpose)
             out.append(
-                TokenSeq(tuple(ids), tuple(types) if types is not None else None, prompt_len)
+                TokenSeq(
+                    np.array(ids, dtype=np.int32),
+                    np.array(types, dtype=np.int32) if types is not None else None,
+                    prompt_len,
+                )
             )
         return out
 
@@ -310,9 +365,9 @@ class InputProcessor:
                     f"token id {bad} is out of the vocabulary (valid ids are 0..{vocab - 1})",
                     param="input",
                 )
-            seq = tuple(ids[-k:]) if k is not None and len(ids) > k else tuple(ids)
+            seq = ids[-k:] if k is not None and len(ids) > k else ids
             self._check_length(len(seq), purpose)
-            out.append(TokenSeq(seq))
+            out.append(TokenSeq(np.array(seq, dtype=np.int32)))
         return out
 
     def render_chat(

@@ -25,10 +25,19 @@ class TokenSeq:
     on every token: ``token_classify``); empty for the pooled output.
     """
 
-    token_ids: tuple[int, ...]
-    token_type_ids: tuple[int, ...] | None = None
+    token_ids: np.ndarray  # int32 [n]; any int sequence given is converted
+    token_type_ids: np.ndarray | None = None  # int32 [n]; None: all 0 where types are used
     prompt_len: int = 0
     per_token: str = ""
+
+    def __post_init__(self) -> None:
+        # int32 arrays, not tuples of Python ints (~36 bytes a token once ids pass 256):
+        # 4 bytes a token while queued, and one buffer copy to pad or to send.
+        if not isinstance(self.token_ids, np.ndarray) or self.token_ids.dtype != np.int32:
+            object.__setattr__(self, "token_ids", np.asarray(self.token_ids, dtype=np.int32))
+        types = self.token_type_ids
+        if types is not None and (not isinstance(types, np.ndarray) or types.dtype != np.int32):
+            object.__setattr__(self, "token_type_ids", np.asarray(types, dtype=np.int32))
 
     def __len__(self) -> int:
         return len(self.token_ids)

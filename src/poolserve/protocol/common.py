@@ -84,4 +84,10 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
-EncodingFormat = Literal["float", "base64"]
+# vLLM's output encodings (vllm/utils/serial_utils.py): "float" is JSON numbers; "base64"
+# one string per item; "bytes" the raw concatenated body with a `metadata` header,
+# "bytes_only" the same body without it. `embed_dtype` and `endianness` apply to all but
+# "float" (which ignores them). docs/compact-outputs.md has the details.
+EncodingFormat = Literal["float", "base64", "bytes", "bytes_only"]
+EmbedDType = Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"]
+Endianness = Literal["native", "big", "little"]

@@ -7,7 +7,9 @@ from pydantic import StrictBool, StrictInt, StrictStr
 from .common import (
     ActivationSwitches,
     ChatFields,
+    EmbedDType,
     EncodingFormat,
+    Endianness,
     PromptInput,
     Request,
     TruncateTokens,
@@ -19,6 +21,8 @@ class EmbeddingRequest(Request, ActivationSwitches, ChatFields):
 
     input: PromptInput | None = None
     encoding_format: EncodingFormat = "float"
+    embed_dtype: EmbedDType = "float32"
+    endianness: Endianness = "native"
     dimensions: StrictInt | None = None
     truncate_prompt_tokens: TruncateTokens = None
     add_special_tokens: StrictBool | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
@@ -15,6 +15,7 @@ from ..errors import InvalidRequest, ModelNotFound, RequestTooLarge
 from ..inputs.processor import InputProcessor
 from ..metrics import Metrics
 from ..models.base import CLASSIFIER, TOKENS, ModelInfo, TokenSeq
+from .tokenizer_thread import TokenizerThread
 
 T = TypeVar("T")
 
@@ -62,9 +63,12 @@ class ServingContext:
     metrics: Metrics
     max_client_batch_size: int = 4096
     created: int = 0
+    tokenizer: TokenizerThread = field(init=False)
 
     def __post_init__(self) -> None:
         self.created = self.created or int(time.time())
+        # Every request's tokenization goes through this one thread (see its module).
+        self.tokenizer = TokenizerThread(self.processor)
 
     def model_name(self, requested: str | None) -> str:
         """The name to echo: the requested one if served, the first one if none given."""

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..errors import InvalidRequest
 from ..models.base import TokenSeq
-from .context import ServingContext, off_loop
+from .context import ServingContext
 
 
 async def sequences_for(ctx: ServingContext, req: Any, purpose: str) -> list[TokenSeq]:
@@ -18,7 +18,7 @@ async def sequences_for(ctx: ServingContext, req: Any, purpose: str) -> list[Tok
         if not req.messages:
             raise InvalidRequest("`messages` must hold at least one message", param="messages")
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        seq = await off_loop(
+        seq = await ctx.tokenizer.call(
             proc.from_chat,
             messages,
             chat_template=req.chat_template,
@@ -47,8 +47,7 @@ async def sequences_for(ctx: ServingContext, req: Any, purpose: str) -> list[Tok
     count = len(texts) if texts is not None else len(ids or [])
     ctx.check_count(count)
     if texts is not None:
-        return await off_loop(
-            proc.from_texts,
+        return await ctx.tokenizer.texts(
             texts,
             add_special_tokens=add_special,
             truncate_prompt_tokens=req.truncate_prompt_tokens,
@@ -59,7 +58,7 @@ async def sequences_for(ctx: ServingContext, req: Any, purpose: str) -> list[Tok
         raise InvalidRequest(
             "please provide at least one prompt (an empty token list)", param="input"
         )
-    return await off_loop(
+    return await ctx.tokenizer.call(
         proc.from_token_ids,
         ids,
         truncate_prompt_tokens=req.truncate_prompt_tokens,

@@ -25,7 +25,7 @@ from ..inputs.pairs import as_list, pair_up
 from ..models.post import cosine_rows
 from ..protocol.score import RerankRequest, ScoreRequest
 from .classify import activation_flag
-from .context import ServingContext, check_priority, dump_json, off_loop, token_usage
+from .context import ServingContext, check_priority, dump_json, token_usage
 
 _PURPOSE = "score"
 _SWITCHES = ("activation", "use_activation", "normalize", "softmax")
@@ -48,7 +48,7 @@ async def score_pairs(
     truncate = req.truncate_prompt_tokens
     if ctx.info.is_cross_encoder:
         activate = activation_flag(req, where="scoring")
-        seqs = await off_loop(
+        seqs = await ctx.tokenizer.call(
             ctx.processor.from_pairs,
             firsts,
             seconds,
@@ -69,9 +69,7 @@ async def score_pairs(
             )
     # Each distinct text once: a 1:N request embeds text_1 a single time.
     distinct = list(dict.fromkeys([*firsts, *seconds]))
-    seqs = await off_loop(
-        ctx.processor.from_texts, distinct, truncate_prompt_tokens=truncate, purpose=_PURPOSE
-    )
+    seqs = await ctx.tokenizer.texts(distinct, truncate_prompt_tokens=truncate, purpose=_PURPOSE)
     vectors = np.stack(await ctx.engine.submit(seqs))
     row = {text: i for i, text in enumerate(distinct)}
     left = [row[t] for t in firsts]

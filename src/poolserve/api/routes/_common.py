@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from ...serving.context import ServingContext
+from ...serving.embeddings import OctetBody
 
 
 def ctx_of(request: Request) -> ServingContext:
@@ -25,6 +26,12 @@ def request_id(request: Request, body_id: str | None) -> str:
 
 
 def json_bytes(body: bytes) -> Response:
+    """The answer for a serving function's body: JSON, or vLLM's ``bytes`` /
+    ``bytes_only`` answer (an OctetBody) as application/octet-stream with its
+    ``metadata`` header (none for ``bytes_only``)."""
+    if isinstance(body, OctetBody):
+        headers = None if body.metadata is None else {"metadata": body.metadata}
+        return Response(body, media_type="application/octet-stream", headers=headers)
     return Response(body, media_type="application/json")
 
 

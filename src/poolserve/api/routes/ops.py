@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from ... import __version__
+from ...metrics import exposition
 from ._common import ctx_of
 
 router = APIRouter()
@@ -65,5 +65,5 @@ async def models(request: Request) -> dict[str, Any]:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
-    registry = ctx_of(request).metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    body, content_type = exposition(ctx_of(request).metrics)
+    return Response(body, media_type=content_type)

@@ -109,7 +109,12 @@ def batches(spec: ModelSpec, rows: list[str], per_batch: int = 16) -> list[dict[
     for text in rows:
         enc = spec.tokenizer(text, truncation=True, max_length=limit)
         types = enc.get("token_type_ids") if spec.rules.uses_token_type_ids else None
-        seqs.append(TokenSeq(tuple(enc["input_ids"]), tuple(types) if types else None))
+        seqs.append(
+            TokenSeq(
+                np.array(enc["input_ids"], dtype=np.int32),
+                np.array(types, dtype=np.int32) if types else None,
+            )
+        )
     seqs.sort(key=len)
     return [
         graph_inputs(spec, Batch(seqs[start : start + per_batch]))

@@ -82,7 +82,7 @@ class TorchBackend:
 
     def warmup(self) -> None:
         """One small forward, so kernels and allocator pools exist before traffic."""
-        self.forward(Batch([TokenSeq(token_ids=(self.pad_token_id,) * 8)]))
+        self.forward(Batch([TokenSeq(token_ids=np.full(8, self.pad_token_id, dtype=np.int32))]))
 
 
 class TorchEmbeddingBackend(TorchBackend):
