@@ -16,6 +16,7 @@ from ..config import ServerConfig
 from ..serving.context import ServingContext
 from . import errors
 from .admission import Counts
+from .fast import DirectRoutes, direct_routes
 from .middleware import GatewayMiddleware
 from .routes import classify, embeddings, invocations, ops, score, tokenize
 from .routes._common import BODY_MODELS
@@ -77,6 +78,12 @@ def create_app(
         app.include_router(router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     known = _route_paths([*app.routes, *(r for router in routers for r in router.routes)])
+    # Added first, so innermost: inside the gateway (auth, limits, metrics) and CORS.
+    app.add_middleware(
+        DirectRoutes,
+        routes=direct_routes(r for router in routers for r in router.routes),
+        root_path=server.root_path,
+    )
     app.add_middleware(
         GatewayMiddleware,
         api_keys=server.api_key,

@@ -21,6 +21,10 @@ from typing import Any
 from ..errors import InternalError
 from ..inputs.processor import InputProcessor
 
+# Texts of at most this many characters in all are tokenized on the event loop when the
+# thread is idle.
+INLINE_CHARS = 512
+
 
 class _Job:
     __slots__ = ("args", "fn", "future", "kwargs", "loop", "texts")
@@ -65,9 +69,13 @@ class TokenizerThread:
         self._ready = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._busy = False  # the thread holds jobs (new small ones then queue behind)
 
     async def texts(self, texts: list[str], **kwargs: Any) -> Any:
         """``processor.from_texts(texts, **kwargs)``, merged with other requests' texts."""
+        if not self._busy and sum(map(len, texts)) <= INLINE_CHARS:
+            # Idle thread, small job: a hand-off costs more than the work (~30 us a text).
+            return self.processor.from_texts(texts, **kwargs)
         return await self._submit(None, (texts,), kwargs)
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -109,11 +117,13 @@ class TokenizerThread:
                     return
                 jobs = list(self._jobs)
                 self._jobs.clear()
+                self._busy = True
             try:
                 answers = self._run(jobs)
             except BaseException as exc:  # never leave a request waiting on a dead thread
                 error = InternalError(f"tokenization failed: {exc!r}")
                 answers = [(job, None, error) for job in jobs]
+            self._busy = bool(self._jobs)
             by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
             for answer in answers:
                 by_loop.setdefault(answer[0].loop, []).append(answer)
