@@ -71,7 +71,7 @@ def all_admitted(url: str, futures: list[Any]) -> None:
 def test_signal_during_a_burst_finishes_accepted_work(
     tiny: Callable[..., Path], tmp_path: Path, signum: int
 ) -> None:
-    server = slow_server(tiny("st"), tmp_path / "srv", 0.1, "--shutdown-grace", "30")
+    server = slow_server(tiny("st"), tmp_path / "srv", 0.25, "--shutdown-grace", "30")
     try:
         url = server.wait_healthy()
         resp = embed(url, TEXTS)

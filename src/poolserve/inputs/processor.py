@@ -354,20 +354,26 @@ class InputProcessor:
         truncate_prompt_tokens: int | None = None,
         purpose: str = "embedding generation",
     ) -> list[TokenSeq]:
-        """Validate pre-tokenized inputs; truncation keeps the *last* k ids."""
+        """Validate pre-tokenized inputs (no tokenizer involved: numpy range checks);
+        truncation keeps the *last* k ids."""
         k = self.truncation_length(truncate_prompt_tokens)
         vocab = self.rules.vocab_size
         out = []
         for ids in ids_lists:
-            bad = next((t for t in ids if t < 0 or t >= vocab), None)
-            if bad is not None:
+            try:
+                arr = np.array(ids, dtype=np.int64)
+                valid = bool(((arr >= 0) & (arr < vocab)).all())
+            except OverflowError:  # past 64 bits: surely out of the vocabulary
+                valid = False
+            if not valid:
+                bad = next(t for t in ids if t < 0 or t >= vocab)
                 raise InvalidRequest(
                     f"token id {bad} is out of the vocabulary (valid ids are 0..{vocab - 1})",
                     param="input",
                 )
-            seq = ids[-k:] if k is not None and len(ids) > k else ids
+            seq = arr[-k:] if k is not None and len(arr) > k else arr
             self._check_length(len(seq), purpose)
-            out.append(TokenSeq(np.array(seq, dtype=np.int32)))
+            out.append(TokenSeq(seq.astype(np.int32)))
         return out
 
     def render_chat(

@@ -8,6 +8,9 @@ from ..errors import InvalidRequest
 from ..models.base import TokenSeq
 from .context import ServingContext
 
+# Token-id inputs up to this many ids are checked on the event loop (~10 us per 1,000).
+_INLINE_IDS = 16384
+
 
 async def sequences_for(ctx: ServingContext, req: Any, purpose: str) -> list[TokenSeq]:
     """Sequences for an embeddings/pooling-shaped request (``input`` xor ``messages``)."""
@@ -58,9 +61,8 @@ async def sequences_for(ctx: ServingContext, req: Any, purpose: str) -> list[Tok
         raise InvalidRequest(
             "please provide at least one prompt (an empty token list)", param="input"
         )
-    return await ctx.tokenizer.call(
-        proc.from_token_ids,
-        ids,
-        truncate_prompt_tokens=req.truncate_prompt_tokens,
-        purpose=purpose,
-    )
+    options = {"truncate_prompt_tokens": req.truncate_prompt_tokens, "purpose": purpose}
+    if sum(map(len, ids)) <= _INLINE_IDS:
+        # Token ids skip the tokenizer: a numpy range check, cheaper than a thread hop.
+        return proc.from_token_ids(ids, **options)
+    return await ctx.tokenizer.call(proc.from_token_ids, ids, **options)
