@@ -60,7 +60,9 @@ async def _client(
             i = queue.get_nowait()
             r = await client.post("/v1/embeddings", json={"input": chunks[i], **body})
             r.raise_for_status()
-            BYTES_RECEIVED[0] += len(r.content)
+            # The answer's size: body and headers (bytes carries its metadata in one).
+            head = sum(len(k) + len(v) + 4 for k, v in r.headers.items())
+            BYTES_RECEIVED[0] += len(r.content) + head
             if fmt == "bytes":  # one buffer, all rows: n x dim values
                 rows = np.frombuffer(r.content, _NUMPY[dtype]).reshape(len(chunks[i]), -1)
                 out[i] = rows.astype(np.float32)
