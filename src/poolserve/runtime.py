@@ -184,7 +184,7 @@ def frontend_context(
         max_request_tokens=config.engine.max_request_tokens,
     )
     return ServingContext(
-        engine=engine,  # type: ignore[arg-type]
+        engine=engine,
         processor=InputProcessor(spec.tokenizer, spec.rules),
         info=model_info(spec, dtype, device),
         served_names=names,

@@ -45,6 +45,25 @@ class EngineObserver(Protocol):
     def on_dropped(self, sequences: int) -> None: ...
 
 
+class EngineHandle(Protocol):
+    """What the serving layer uses of an engine: :class:`Engine` in this process, or a
+    front end's :class:`~poolserve.engine.remote.RemoteEngine` for engine processes."""
+
+    max_queued_requests: int
+    max_request_tokens: int | None
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float | None = None) -> None: ...
+
+    def check_tokens(self, tokens: int) -> None: ...
+
+    async def submit(self, seqs: Sequence[TokenSeq]) -> list[np.ndarray]: ...
+
+
 class _NullObserver:
     def on_batch(self, size: int, tokens: int, padded: int, seconds: float) -> None:
         pass

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from ..engine import Engine
+from ..engine import EngineHandle
 from ..errors import InvalidRequest, ModelNotFound, RequestTooLarge
 from ..inputs.processor import InputProcessor
 from ..metrics import Metrics
@@ -56,7 +56,7 @@ def model_kind(info: ModelInfo) -> str:
 class ServingContext:
     """Shared state of the serving families for one served model."""
 
-    engine: Engine
+    engine: EngineHandle
     processor: InputProcessor
     info: ModelInfo
     served_names: tuple[str, ...]
