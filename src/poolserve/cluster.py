@@ -81,7 +81,7 @@ def _engine_device(config: Config, index: int, gpus: int) -> Config:
 
 
 def engine_main(
-    config: Config, index: int, path: str, cores: int, ready: multiprocessing.connection.Connection
+    config: Config, path: str, cores: int, ready: multiprocessing.connection.Connection
 ) -> None:
     """An engine process: load the model, serve it on ``path`` until SIGTERM."""
     _child_setup(config.server.uvicorn_log_level)
@@ -128,7 +128,6 @@ async def _run_engine(
 
 def frontend_main(
     config: Config,
-    index: int,
     sock: socket.socket,
     paths: list[str],
     facts: tuple[str, str],
@@ -210,7 +209,7 @@ def run_cluster(config: Config, fronts: int, engines: int) -> int:
             ctx,
             children,
             [
-                (f"engine {i}", engine_main, (_engine_device(config, i, gpus), i, path, share))
+                (f"engine {i}", engine_main, (_engine_device(config, i, gpus), path, share))
                 for i, path in enumerate(paths)
             ],
             lambda: stopping,
@@ -221,7 +220,7 @@ def run_cluster(config: Config, fronts: int, engines: int) -> int:
             ctx,
             children,
             [
-                (f"front end {i}", frontend_main, (config, i, sock, paths, facts, counts))
+                (f"front end {i}", frontend_main, (config, sock, paths, facts, counts))
                 for i in range(fronts)
             ],
             lambda: stopping,
@@ -236,7 +235,7 @@ def run_cluster(config: Config, fronts: int, engines: int) -> int:
             engines,
         )
         sock.close()  # the children hold it
-        return _supervise(children, lambda: stopping, config.server.shutdown_grace)
+        return _supervise(children, lambda: stopping)
     finally:
         _stop_all(children, config.server.shutdown_grace)
         with contextlib.suppress(OSError):
@@ -295,7 +294,6 @@ def _await_ready(
 def _supervise(
     children: Children,
     stopping: Any,
-    grace: float,
 ) -> int:
     """Wait for a stop signal (0) or a child's unasked exit (1, logged)."""
     while not stopping():

@@ -23,26 +23,9 @@ import pytest
 import requests
 
 from tests.e2e.conftest import ServerProcess
-from tests.fixtures.hardening import metric
+from tests.fixtures.hardening import descendants, metric
 
 FLAGS = ["--api-server-count", "2", "--data-parallel-size", "2"]
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid``."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                if stat[0] != "Z":
-                    children.setdefault(int(stat[1]), []).append(int(entry))
-    out, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            out.append(child)
-            stack.append(child)
-    return out
 
 
 def cmdline(pid: int) -> str:

@@ -26,7 +26,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import ServerProcess
-from tests.fixtures.hardening import wait_until
+from tests.fixtures.hardening import descendants, wait_until
 
 HEADER_TIMEOUT = 2.0
 BODY_TIMEOUT = 2.0
@@ -76,18 +76,10 @@ def embed(url: str) -> None:
 def open_fds(pid: int) -> int:
     """Descriptors the server holds: its process's and (several front ends, engines)
     its children's."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
+    total = 0
+    for p in [pid, *descendants(pid)]:
         with contextlib.suppress(OSError):
             total += len(os.listdir(f"/proc/{p}/fd"))
-        stack.extend(children.get(p, []))
     return total
 
 
