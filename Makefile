@@ -11,7 +11,8 @@ $(BIN)/activate:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-.PHONY: install install-test serve test test-cluster lint bench bench-rerank bench-frontend
+.PHONY: install install-test serve test test-cluster lint bench bench-rerank bench-frontend \
+	bench-file-job bench-ray
 install: $(BIN)/activate
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e .
@@ -32,16 +33,22 @@ lint:
 # ones in CI; `make test-cluster` runs the whole contract and e2e suites in both modes.
 CLUSTER_API2 := tests/contract/test_limits.py tests/e2e/test_overload.py \
 	tests/e2e/test_shutdown.py
-CLUSTER_DP2 := tests/contract/test_embeddings.py tests/e2e/test_faults.py
+CLUSTER_DP2 := tests/e2e/test_faults.py
+# 2 Ray Serve replicas (tests/ray/ray_local.py: one local Ray on loopback per run).
+CLUSTER_RAY := tests/contract/test_embeddings.py tests/contract/test_score.py \
+	tests/contract/test_rerank.py
 
+# The soak runs 60 s here (120 s by default when run alone) to keep CI near 13 minutes.
 test: install-test lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	POOLSERVE_SOAK_SECONDS=$${POOLSERVE_SOAK_SECONDS:-60} $(BIN)/python -m pytest $(PYTEST_ARGS)
 	POOLSERVE_TEST_CLUSTER=api2 $(BIN)/python -m pytest -q $(CLUSTER_API2)
 	POOLSERVE_TEST_CLUSTER=dp2 $(BIN)/python -m pytest -q $(CLUSTER_DP2)
+	POOLSERVE_TEST_CLUSTER=rayserve2 $(BIN)/python -m pytest -q $(CLUSTER_RAY)
 
 test-cluster: install-test
 	POOLSERVE_TEST_CLUSTER=api2 $(BIN)/python -m pytest -q tests/contract tests/e2e
 	POOLSERVE_TEST_CLUSTER=dp2 $(BIN)/python -m pytest -q tests/contract tests/e2e
+	POOLSERVE_TEST_CLUSTER=rayserve2 $(BIN)/python -m pytest -q tests/contract
 
 bench: install-test
 	$(BIN)/python benchmarks/embed_throughput.py $(ARGS)
@@ -51,3 +58,9 @@ bench-rerank: install-test
 
 bench-frontend: install-test
 	$(BIN)/python benchmarks/frontend_throughput.py $(ARGS)
+
+bench-file-job: install-test
+	$(BIN)/python benchmarks/file_job.py $(ARGS)
+
+bench-ray: install-test
+	$(BIN)/python benchmarks/ray_file_job.py $(ARGS)

@@ -164,6 +164,11 @@ def serve_cluster(config: Config, server: ServerConfig | None = None) -> Iterato
 
     import requests
 
+    if cluster.MODE == "rayserve2":  # Ray Serve replicas (tests/ray/ray_local.py)
+        srv = dataclasses.replace(server or ServerConfig(), uvicorn_log_level="warning")
+        with cluster.serve_on_ray(dataclasses.replace(config, server=srv)) as url:
+            yield url
+        return
     for _ in range(3):  # a free port may be taken before the child binds it
         port = free_port()
         srv = dataclasses.replace(

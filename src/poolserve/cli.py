@@ -1,162 +1,113 @@
-"""The ``poolserve`` command: ``serve`` (the HTTP server) and ``embed`` (offline batch)."""
+"""The ``poolserve`` command: ``serve`` (the HTTP server) and the batch commands
+(``embed``, ``classify``, ``score``, ``run-batch``: poolserve/batch/)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import math
-import os
 import signal
 import sys
 import threading
 import types
-import typing
 from collections.abc import Sequence
-from typing import Any
 
 from . import __version__
-from .config import Config, EngineConfig, ModelConfig, ServerConfig, parse_size
+from .config import Config, EngineConfig, ModelConfig, ServerConfig
 from .errors import ModelLoadError, PoolserveError
+from .flags import add_dataclass_flags, config_from
 
-
-def _json_arg(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
-
-
-def _list_arg(text: str) -> list[str]:
-    """One value, or vLLM's JSON-list form of several (``'["a", "b"]'``)."""
-    if not text.lstrip().startswith("["):
-        return [text]
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a JSON list: {exc}") from exc
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise argparse.ArgumentTypeError("must be a JSON list of strings")
-    return value
-
-
-def _size_arg(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _base_type(tp: Any) -> Any:
-    """``int | None`` -> int; ``tuple[str, ...]`` -> str."""
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _base_type(args[0])
-    if typing.get_origin(tp) is tuple:
-        return typing.get_args(tp)[0]
-    return tp
-
-
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix: str) -> None:
-    """One flag per field of ``cls`` (``--field-name``), typed and documented from it."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        dest = f"{dest_prefix}.{f.name}"
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = meta.get("help", "")
-        if meta.get("positional"):
-            parser.add_argument(
-                dest, metavar=f.name.upper(), nargs="?", default=default, help=help_text
-            )
-            continue
-        flags = ["--" + f.name.replace("_", "-"), *meta.get("aliases", ())]
-        base = _base_type(hints[f.name])
-        if base is bool:
-            parser.add_argument(
-                *flags, dest=dest, action="store_true", default=default, help=help_text
-            )
-            continue
-        parsers = {"size": _size_arg, "json": _json_arg, "list": _list_arg}
-        kind = parsers.get(meta.get("parse", ""), base)
-        kwargs: dict[str, Any] = {"dest": dest, "default": default, "help": help_text, "type": kind}
-        if "choices" in meta:
-            kwargs["choices"] = meta["choices"]
-        if "nargs" in meta:
-            kwargs["nargs"] = meta["nargs"]
-        parser.add_argument(*flags, **kwargs)
-
-
-_SECTIONS: dict[str, type] = {"model": ModelConfig, "engine": EngineConfig, "server": ServerConfig}
-
-
-def _config_from(
-    args: argparse.Namespace, sections: Sequence[str] = ("model", "engine", "server")
-) -> Config:
-    """Build the Config from parsed flags (sections without flags keep their defaults)."""
-    parts: dict[str, Any] = {}
-    for name in sections:
-        cls = _SECTIONS[name]
-        values = {}
-        for f in dataclasses.fields(cls):
-            value = getattr(args, f"{name}.{f.name}")
-            if isinstance(value, list) and f.metadata.get("parse") == "list":
-                value = tuple(v for values in value for v in values)
-            elif isinstance(value, list):
-                value = tuple(value)
-            if value is None and f.default is not dataclasses.MISSING:
-                value = f.default
-            values[f.name] = value
-        parts[name] = cls(**values)
-    server = parts.setdefault("server", ServerConfig())
-    if not server.api_key and os.environ.get("POOLSERVE_API_KEY"):
-        keys = tuple(k for k in os.environ["POOLSERVE_API_KEY"].split(",") if k)
-        parts["server"] = dataclasses.replace(server, api_key=keys)
-    return Config(**parts)
+# Kept for callers of the earlier private name.
+_config_from = config_from
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every sub-command's parser; each sets ``handler(args) -> exit code``."""
+    from .batch.commands import add_batch_commands
+
     parser = argparse.ArgumentParser(prog="poolserve", description=__doc__)
     parser.add_argument("--version", action="version", version=f"poolserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="Serve a pooling model over HTTP (vLLM's API).")
-    add_dataclass_flags(serve, ModelConfig, "model")
-    add_dataclass_flags(serve, EngineConfig, "engine")
-    add_dataclass_flags(serve, ServerConfig, "server")
-    embed = sub.add_parser("embed", help="Embed a file of texts offline (one per line).")
-    add_dataclass_flags(embed, ModelConfig, "model")
-    add_dataclass_flags(embed, EngineConfig, "engine")
-    embed.add_argument(
-        "--input",
-        "-i",
-        default="-",
-        help="Text file, one input per line, or .jsonl with a 'text' field; - for stdin.",
-    )
-    embed.add_argument(
-        "--output",
-        "-o",
-        default="-",
-        help="Output .npy (float32 [n, dim]) or .jsonl; - for JSONL on stdout.",
-    )
-    embed.add_argument(
-        "--normalize",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Override the model's normalization.",
-    )
-    embed.add_argument("--dimensions", type=int, default=None, help="Matryoshka dimensions.")
-    embed.add_argument(
-        "--truncate-prompt-tokens",
-        type=int,
-        default=None,
-        help="Truncate inputs to this many tokens (-1: the max length).",
-    )
-    embed.add_argument("--chunk", type=int, default=1024, help="Inputs per engine call.")
+    serve_cmd = sub.add_parser("serve", help="Serve a pooling model over HTTP (vLLM's API).")
+    add_dataclass_flags(serve_cmd, ModelConfig, "model")
+    add_dataclass_flags(serve_cmd, EngineConfig, "engine")
+    add_dataclass_flags(serve_cmd, ServerConfig, "server")
+    _add_ray_serve_flags(serve_cmd)  # Ray Serve scale-out (poolserve/scale/ray_serve.py)
+    serve_cmd.set_defaults(handler=_serve_command)
+    add_batch_commands(sub)
     return parser
+
+
+# -- Ray Serve scale-out (the poolserve[ray] extra): flags and dispatch ----------------
+
+
+def _add_ray_serve_flags(cmd: argparse.ArgumentParser) -> None:
+    from .flags import _json_arg
+
+    group = cmd.add_argument_group("Ray Serve (pip install poolserve[ray]; docs/ray.md)")
+    group.add_argument(
+        "--ray-serve",
+        action="store_true",
+        help="Serve the same app as Ray Serve replicas, each with its own copy of the model.",
+    )
+    group.add_argument(
+        "--num-replicas", type=int, default=1, help="Ray Serve replicas (default 1)."
+    )
+    group.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join ('auto', 'ray://HOST:PORT'); default: start a local Ray.",
+    )
+    group.add_argument(
+        "--autoscaling-config",
+        type=_json_arg,
+        default=None,
+        help="JSON: the deployment's Ray Serve autoscaling_config (replaces --num-replicas).",
+    )
+    group.add_argument(
+        "--ray-actor-options",
+        type=_json_arg,
+        default=None,
+        help="JSON: each replica's ray_actor_options (default: the node's CPUs split "
+        "between the replicas; one GPU each on a GPU).",
+    )
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    """``poolserve serve``: uvicorn, or Ray Serve replicas with ``--ray-serve`` (only then
+    is poolserve.scale, and so ray, imported)."""
+    config = config_from(args)
+    if not args.ray_serve:
+        given = [
+            flag
+            for flag, value in (
+                ("--num-replicas", args.num_replicas != 1),
+                ("--ray-address", args.ray_address is not None),
+                ("--autoscaling-config", args.autoscaling_config is not None),
+                ("--ray-actor-options", args.ray_actor_options is not None),
+            )
+            if value
+        ]
+        if given:
+            raise PoolserveError(f"{', '.join(given)} need --ray-serve")
+        return serve(config)
+    from .scale.ray_serve import RayServeOptions, serve_on_ray
+
+    level = config.server.uvicorn_log_level.upper()
+    logging.basicConfig(
+        level=getattr(logging, level if level != "TRACE" else "DEBUG"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    options = RayServeOptions(
+        num_replicas=args.num_replicas,
+        address=args.ray_address,
+        autoscaling_config=args.autoscaling_config,
+        ray_actor_options=args.ray_actor_options,
+    )
+    return serve_on_ray(config, options)
+
+
+# -- end of Ray Serve ------------------------------------------------------------------
 
 
 def _stopped_on_purpose(signum: int, frame: types.FrameType | None) -> None:
@@ -208,66 +159,17 @@ def serve(config: Config) -> int:
     return 0
 
 
-def _read_inputs(path: str) -> list[str]:
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    with stream:
-        lines = [line.rstrip("\n") for line in stream]
-    if path.endswith(".jsonl"):
-        return [str(json.loads(line)["text"]) for line in lines if line.strip()]
-    return [line for line in lines if line]
-
-
-def embed_file(args: argparse.Namespace) -> int:
-    """``poolserve embed``: the offline engine over a file; exit 1 on any bad input."""
-    import numpy as np
-
-    from .offline import PoolingModel
-
-    cfg = _config_from(args, ("model", "engine"))
-    texts = _read_inputs(args.input)
-    options = {**dataclasses.asdict(cfg.model), **dataclasses.asdict(cfg.engine)}
-    model_name = options.pop("model")
-    with PoolingModel(model_name, **options) as model:
-        chunks = [
-            model.embed(
-                texts[i : i + args.chunk],
-                normalize=args.normalize,
-                dimensions=args.dimensions,
-                truncate_prompt_tokens=args.truncate_prompt_tokens,
-            )
-            for i in range(0, len(texts), args.chunk)
-        ]
-    vectors = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-    if args.output.endswith(".npy"):
-        np.save(args.output, vectors)
-    else:
-        import orjson
-
-        out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
-        with out:
-            for i, row in enumerate(vectors):
-                out.write(
-                    orjson.dumps({"index": i, "embedding": row}, option=orjson.OPT_SERIALIZE_NUMPY)
-                    + b"\n"
-                )
-    print(f"poolserve: embedded {len(texts)} inputs -> {args.output}", file=sys.stderr)
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "serve":
-            return serve(_config_from(args))
-        if args.command == "embed":
-            return embed_file(args)
+        code: int = args.handler(args)
+        return code
     except ModelLoadError as exc:
         print(f"poolserve: error: {exc}", file=sys.stderr)
         return 1
     except PoolserveError as exc:
         print(f"poolserve: error: {exc.message}", file=sys.stderr)
         return 1
-    return 2
 
 
 if __name__ == "__main__":

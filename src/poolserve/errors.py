@@ -20,8 +20,12 @@ class PoolserveError(Exception):
         self.param = param
 
 
-class InvalidRequest(PoolserveError):
-    """The request is malformed or asks for something the model cannot do (400)."""
+class InvalidRequest(PoolserveError, ValueError):
+    """The request is malformed or asks for something the model cannot do (400).
+
+    Also a ``ValueError``: what vLLM's offline API raises for bad input, so scripts that
+    catch it keep working with :class:`poolserve.LLM`.
+    """
 
     status = 400
     error_type = "BadRequestError"

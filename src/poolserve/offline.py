@@ -17,13 +17,22 @@ import numpy as np
 
 from .config import Config, EngineConfig, ModelConfig
 from .inputs.pairs import as_list
+from .protocol.classify import ClassifyRequest
 from .protocol.embeddings import EmbeddingRequest
 from .protocol.score import ScoreRequest
 from .runtime import build_context
+from .serving.classify import activation_flag, class_probs
 from .serving.embeddings import embed
 from .serving.score import score_pairs
 
 T = TypeVar("T")
+
+
+def _items(inputs: str | Sequence[str] | Sequence[Sequence[int]]) -> Any:
+    """A request's ``input`` from texts or token-id lists (a lone string is one text)."""
+    if isinstance(inputs, str):
+        return [inputs]
+    return [x if isinstance(x, str) else list(x) for x in inputs]
 
 
 class PoolingModel:
@@ -39,6 +48,8 @@ class PoolingModel:
         unknown = set(options) - model_fields - engine_fields
         if unknown:
             raise TypeError(f"unknown options: {sorted(unknown)}")
+        # A per-request cap protects a server from one client; here the caller owns it all.
+        options.setdefault("max_client_batch_size", 1 << 30)
         config = Config(
             model=ModelConfig(
                 model=model, **{k: v for k, v in options.items() if k in model_fields}
@@ -51,9 +62,10 @@ class PoolingModel:
             target=self._loop.run_forever, daemon=True, name="poolserve-offline"
         )
         self._thread.start()
-        self._call(self.ctx.engine.start())
+        self.call(self.ctx.engine.start())
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the model's event loop (where the engine lives); its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     @property
@@ -74,19 +86,41 @@ class PoolingModel:
         Raises the same :mod:`poolserve.errors` the server maps to 4xx answers.
         """
         self.ctx.require("Embeddings")
-        items: Any = (
-            [inputs]
-            if isinstance(inputs, str)
-            else [x if isinstance(x, str) else list(x) for x in inputs]
-        )
         req = EmbeddingRequest(
-            input=items,
+            input=_items(inputs),
             normalize=normalize,
             dimensions=dimensions,
             truncate_prompt_tokens=truncate_prompt_tokens,
         )
-        vectors, _ = self._call(embed(self.ctx, req, self.ctx.served_names[0]))
+        vectors, _ = self.call(embed(self.ctx, req, self.ctx.served_names[0]))
         return vectors
+
+    @property
+    def labels(self) -> list[str] | None:
+        """A classifier's label names by class index (None: not a classifier, or unnamed)."""
+        labels = self.ctx.info.labels
+        if not labels or any(label is None for label in labels):
+            return None
+        return [str(label) for label in labels]
+
+    def classify(
+        self,
+        inputs: str | Sequence[str] | Sequence[Sequence[int]],
+        *,
+        activation: bool | None = None,
+        truncate_prompt_tokens: int | None = None,
+    ) -> np.ndarray:
+        """Class probabilities as POST /classify gives them: float32 [n, num_labels], rows
+        in input order (``activation=False``: the raw logits)."""
+        self.ctx.require("Classification")
+        req = ClassifyRequest(
+            input=_items(inputs),
+            activation=activation,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+        )
+        activate = activation_flag(req, where="classification", default=self.ctx.info.activation)
+        probs, _ = self.call(class_probs(self.ctx, req, activate))
+        return probs
 
     def score(
         self,
@@ -104,13 +138,12 @@ class PoolingModel:
         self.ctx.require("Score")
         req = ScoreRequest(activation=activation, truncate_prompt_tokens=truncate_prompt_tokens)
         pairs = score_pairs(self.ctx, req, as_list(text_1), as_list(text_2))
-        scores, _ = self._call(pairs)
-        return scores
+        return self.call(pairs).scores
 
     def close(self) -> None:
         """Stop the engine and its thread."""
         if self._loop.is_running():
-            self._call(self.ctx.engine.stop(grace=5))
+            self.call(self.ctx.engine.stop(grace=5))
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
 

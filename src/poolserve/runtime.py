@@ -151,8 +151,9 @@ def build_engine(
     )
 
 
-def build_context(config: Config) -> ServingContext:
-    """Load the model of ``config`` and return a ready (not yet started) serving context.
+def build_context(config: Config, *, cores: int | None = None) -> ServingContext:
+    """Load the model of ``config`` and return a ready (not yet started) serving context,
+    its engine's threads sized for ``cores`` (default: every core this process may use).
 
     Raises ModelLoadError with a one-line message when the model cannot be loaded.
     """
@@ -160,7 +161,7 @@ def build_context(config: Config) -> ServingContext:
     names = served_names(config)
     metrics = Metrics(names[0])
     return ServingContext(
-        engine=build_engine(config, loaded, observer=metrics),
+        engine=build_engine(config, loaded, cores=cores, observer=metrics),
         processor=InputProcessor(loaded.tokenizer, loaded.rules),
         info=loaded.info,
         served_names=names,

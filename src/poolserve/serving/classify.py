@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequest
+from ..models.base import TokenSeq
 from ..models.post import classify_probs
 from ..protocol.classify import ClassifyRequest
 from ..protocol.embeddings import PoolingRequest
@@ -44,10 +45,14 @@ def activation_flag(req: Any, *, where: str = "this model", default: bool = True
 
 
 async def logits_for(
-    ctx: ServingContext, req: Any, purpose: str
+    ctx: ServingContext, req: Any, purpose: str, seqs: list[TokenSeq] | None = None
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Raw logits ``[n, num_labels]`` of a request's inputs (in order), and usage."""
-    seqs = await sequences_for(ctx, req, purpose)
+    """Raw logits ``[n, num_labels]`` of a request's inputs (in order), and usage.
+
+    ``seqs``: the inputs already built (the offline API); else from ``req``.
+    """
+    if seqs is None:
+        seqs = await sequences_for(ctx, req, purpose)
     outputs = await ctx.engine.submit(seqs)
     return np.stack(outputs).astype(np.float32, copy=False), usage(seqs)
 
@@ -62,10 +67,9 @@ async def create_classify(ctx: ServingContext, req: ClassifyRequest, request_id:
         raise InvalidRequest("Input cannot be empty for classification", param="input")
     k = ctx.info.num_labels
     if req.messages is None and req.input == []:
-        logits, used = np.zeros((0, k), np.float32), token_usage(0)
+        probs, used = np.zeros((0, k), np.float32), token_usage(0)
     else:
-        logits, used = await logits_for(ctx, req, "classification")
-    probs = classify_probs(logits, multi_label=ctx.info.multi_label) if activate else logits
+        probs, used = await class_probs(ctx, req, activate)
     labels = ctx.info.labels
     data = [
         {"index": i, "label": labels[int(best)], "probs": row, "num_classes": k}
@@ -82,8 +86,17 @@ async def create_classify(ctx: ServingContext, req: ClassifyRequest, request_id:
     return await dump_json(body, floats=probs.size)
 
 
+async def class_probs(
+    ctx: ServingContext, req: Any, activate: bool, seqs: list[TokenSeq] | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Class probabilities ``[n, num_labels]`` (raw logits unless ``activate``), and usage."""
+    logits, used = await logits_for(ctx, req, "classification", seqs)
+    probs = classify_probs(logits, multi_label=ctx.info.multi_label) if activate else logits
+    return probs, used
+
+
 async def pooled_classifier_output(
-    ctx: ServingContext, req: PoolingRequest
+    ctx: ServingContext, req: PoolingRequest, seqs: list[TokenSeq] | None = None
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """/pooling for a classifier: the probability vector per input (after activation).
 
@@ -94,7 +107,7 @@ async def pooled_classifier_output(
     check_pooling_task(ctx, req.task, "classify")
     activate = activation_flag(req, where="classification models", default=ctx.info.activation)
     check_priority(req)
-    logits, used = await logits_for(ctx, req, "embedding generation")
+    logits, used = await logits_for(ctx, req, "embedding generation", seqs)
     if not activate:
         return logits, used
     score_activation = ctx.info.score_activation

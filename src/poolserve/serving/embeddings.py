@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequest
-from ..models.base import CLASSIFIER, TOKENS
+from ..models.base import CLASSIFIER, TOKENS, TokenSeq
 from ..models.post import finish_embeddings
 from ..protocol.embeddings import EmbeddingRequest, PoolingRequest
 from .classify import pooled_classifier_output
@@ -59,16 +59,22 @@ def _dimensions(ctx: ServingContext, req: EmbeddingRequest, model: str) -> int |
 
 
 async def embed(
-    ctx: ServingContext, req: EmbeddingRequest, model: str, purpose: str = "embedding generation"
+    ctx: ServingContext,
+    req: EmbeddingRequest,
+    model: str,
+    purpose: str = "embedding generation",
+    seqs: list[TokenSeq] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Embed a request's inputs: [n, dim] float32 vectors (in input order) and usage.
 
     The one embedding path: the HTTP handlers and the offline API both call it.
+    ``seqs``: the inputs already built (the offline API); else from ``req``.
     """
     dimensions = _dimensions(ctx, req, model)
     normalize = _normalize_flag(ctx, req)
     check_priority(req)
-    seqs = await sequences_for(ctx, req, purpose)
+    if seqs is None:
+        seqs = await sequences_for(ctx, req, purpose)
     outputs = await ctx.engine.submit(seqs)
     vectors = finish_embeddings(np.stack(outputs), dimensions=dimensions, normalize=normalize)
     return vectors, usage(seqs)
@@ -224,16 +230,23 @@ async def create_pooling(ctx: ServingContext, req: PoolingRequest, request_id: s
     :class:`OctetBody` for the bytes formats)."""
     ctx.require("Pooling")
     model = ctx.model_name(req.model)
+    vectors, used = await pooled(ctx, req, model)
+    return await _answer(req, vectors, used, f"pool-{request_id}", model, "pooling")
+
+
+async def pooled(
+    ctx: ServingContext, req: PoolingRequest, model: str, seqs: list[TokenSeq] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """What /pooling gives per input for ``req.task`` (default: the served task's): an
+    array ``[n, width]``, or a list of ``[num_tokens, width]`` arrays for per-token
+    tasks; and usage. ``seqs``: the inputs already built (the offline API)."""
     if req.dimensions is not None:
         raise InvalidRequest("dimensions is currently not supported", param="dimensions")
-    vectors: Any
     if ctx.info.head == TOKENS:
-        vectors, used = await pooled_token_output(ctx, req)
-    elif req.task in PER_TOKEN_TASKS:
-        vectors, used = await per_token_output(ctx, req)
-    elif ctx.info.head == CLASSIFIER:
-        vectors, used = await pooled_classifier_output(ctx, req)
-    else:
-        check_pooling_task(ctx, req.task, "embed")
-        vectors, used = await embed(ctx, req, model)
-    return await _answer(req, vectors, used, f"pool-{request_id}", model, "pooling")
+        return await pooled_token_output(ctx, req, seqs)
+    if req.task in PER_TOKEN_TASKS:
+        return await per_token_output(ctx, req, seqs)
+    if ctx.info.head == CLASSIFIER:
+        return await pooled_classifier_output(ctx, req, seqs)
+    check_pooling_task(ctx, req.task, "embed")
+    return await embed(ctx, req, model, seqs=seqs)

@@ -16,7 +16,7 @@ Promises:
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,6 +28,18 @@ from .classify import activation_flag
 from .context import ServingContext, check_priority, dump_json, token_usage
 
 _PURPOSE = "score"
+
+
+class Scored(NamedTuple):
+    """Scores of pairs, in pair order, with what the model saw for them."""
+
+    scores: np.ndarray  # float32 [pairs]
+    tokens: int  # tokens the model saw for the pairs (usage)
+    # Per pair: the tokenized pair (cross-encoder), or both texts' ids one after the
+    # other (embedding model) — vLLM's offline ``prompt_token_ids`` of a score.
+    prompt_ids: list[np.ndarray]
+
+
 _SWITCHES = ("activation", "use_activation", "normalize", "softmax")
 
 
@@ -38,8 +50,9 @@ async def score_pairs(
     texts_2: list[str],
     *,
     params: tuple[str, str] = ("text_1", "text_2"),
-) -> tuple[np.ndarray, int]:
-    """Scores [len(pairs)] float32 of the paired texts, and the tokens the model saw.
+) -> Scored:
+    """Scores [len(pairs)] float32 of the paired texts, the tokens the model saw, and the
+    token ids of each pair.
 
     ``req`` supplies ``truncate_prompt_tokens`` and the activation switches.
     """
@@ -59,7 +72,7 @@ async def score_pairs(
         activation = ctx.info.score_activation
         if activate and activation is not None:
             logits = activation(logits)
-        return logits[:, 0], sum(len(s) for s in seqs)
+        return Scored(logits[:, 0], sum(len(s) for s in seqs), [s.token_ids for s in seqs])
     for name in _SWITCHES:
         if getattr(req, name, None) is not None:
             raise InvalidRequest(
@@ -76,7 +89,11 @@ async def score_pairs(
     right = [row[t] for t in seconds]
     scores = cosine_rows(vectors[left], vectors[right])
     tokens = sum(len(seqs[i]) + len(seqs[j]) for i, j in zip(left, right, strict=True))
-    return scores, tokens
+    ids = [
+        np.concatenate((seqs[i].token_ids, seqs[j].token_ids))
+        for i, j in zip(left, right, strict=True)
+    ]
+    return Scored(scores, tokens, ids)
 
 
 def _one_of(req: ScoreRequest, names: tuple[str, str, str]) -> list[str]:
@@ -97,7 +114,7 @@ async def create_score(ctx: ServingContext, req: ScoreRequest, request_id: str) 
     check_priority(req)
     texts_1 = _one_of(req, ("text_1", "queries", "data_1"))
     texts_2 = _one_of(req, ("text_2", "documents", "data_2"))
-    scores, tokens = await score_pairs(ctx, req, texts_1, texts_2)
+    scores, tokens, _ = await score_pairs(ctx, req, texts_1, texts_2)
     data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores.tolist())]
     body = {
         "id": f"score-{request_id}",
@@ -127,7 +144,7 @@ async def create_rerank(ctx: ServingContext, req: RerankRequest, request_id: str
     model = ctx.model_name(req.model)
     check_priority(req)
     documents = req.texts()
-    scores, tokens = await score_pairs(
+    scores, tokens, _ = await score_pairs(
         ctx, req, [req.query], documents, params=("query", "documents")
     )
     values = scores.tolist()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequest
-from ..models.base import CLASSIFIER
+from ..models.base import CLASSIFIER, TokenSeq
 from ..models.post import classify_probs, finish_embeddings, softmax
 from ..protocol.embeddings import PoolingRequest
 from .context import ServingContext, check_priority, resolve_switch, usage
@@ -42,7 +42,7 @@ def check_pooling_task(ctx: ServingContext, task: str | None, served: str) -> No
 
 
 async def pooled_token_output(
-    ctx: ServingContext, req: PoolingRequest
+    ctx: ServingContext, req: PoolingRequest, seqs: list[TokenSeq] | None = None
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Per-token rows ``[num_tokens, width]`` per input (in order), and usage."""
     check_pooling_task(ctx, req.task, "token_classify")
@@ -54,7 +54,8 @@ async def pooled_token_output(
         where="per-token (reward) models",
     )
     check_priority(req)
-    seqs = await sequences_for(ctx, req, "embedding generation")
+    if seqs is None:
+        seqs = await sequences_for(ctx, req, "embedding generation")
     outputs = await ctx.engine.submit(seqs)
     rows = [np.asarray(o, dtype=np.float32) for o in outputs]
     if activate:
@@ -63,7 +64,7 @@ async def pooled_token_output(
 
 
 async def per_token_output(
-    ctx: ServingContext, req: PoolingRequest
+    ctx: ServingContext, req: PoolingRequest, seqs: list[TokenSeq] | None = None
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """``token_embed`` / ``token_classify`` rows per input (in order), and usage."""
     task = req.task
@@ -87,7 +88,8 @@ async def per_token_output(
             where="token_classify",
         )
     mode = "hidden" if task == "token_embed" else "head"
-    seqs = await sequences_for(ctx, req, "embedding generation")
+    if seqs is None:
+        seqs = await sequences_for(ctx, req, "embedding generation")
     outputs = await ctx.engine.submit([dataclasses.replace(s, per_token=mode) for s in seqs])
     rows = [np.asarray(o, dtype=np.float32) for o in outputs]
     if activate and task == "token_embed":
