@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from . import __version__
 from .config import Config, EngineConfig, ModelConfig, ServerConfig
 from .errors import ModelLoadError, PoolserveError
-from .flags import add_dataclass_flags, config_from
+from .flags import add_dataclass_flags, config_from, expand_dotted
+
+# JSON flags that also take vLLM's dotted form (--pooler-config.pooling_type MEAN).
+DOTTED_FLAGS = {
+    "--pooler-config": "--pooler-config",
+    "--override-pooler-config": "--pooler-config",
+    "--hf-overrides": "--hf-overrides",
+}
 
 # Kept for callers of the earlier private name.
 _config_from = config_from
@@ -159,8 +166,20 @@ def serve(config: Config) -> int:
     return 0
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (default: ``sys.argv[1:]``) parsed, with vLLM's dotted JSON
+    flags (``--pooler-config.pooling_type MEAN``) merged first; exits 2 on a bad one."""
+    parser = build_parser()
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = expand_dotted(args, DOTTED_FLAGS)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    return parser.parse_args(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         code: int = args.handler(args)
         return code

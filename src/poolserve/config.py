@@ -113,8 +113,10 @@ class ModelConfig:
         default=None,
         metadata={
             "help": "JSON overriding the pooler (pooling_type, "
-            "normalize, dimensions, activation, softmax, ...).",
+            "normalize, activation, softmax, step_tag_id, returned_token_ids); newest "
+            "vLLM's --pooler-config, also in its dotted form (--pooler-config.KEY VALUE).",
             "parse": "json",
+            "aliases": ("--pooler-config",),
         },
     )
     hf_overrides: dict[str, Any] | None = field(

@@ -48,6 +48,64 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def expand_dotted(argv: Sequence[str], json_flags: dict[str, str]) -> list[str]:
+    """vLLM's dotted form of JSON flags: ``--pooler-config.pooling_type MEAN`` (or
+    ``=MEAN``; ``--flag.a.b 1`` nests) merged into one ``--flag JSON`` argument.
+
+    A value is read as JSON when it parses (``true``, ``3``, ``[1, 2]``), else as a
+    string; dotted keys are merged over the flag's JSON form when both are given, which
+    stays where it was. ``json_flags`` maps each spelling to its flag's main name
+    (aliases merge into one). Other arguments pass through unchanged.
+    """
+    out: list[str] = []
+    merged: dict[str, dict[str, Any]] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        spelling = next((f for f in json_flags if arg.startswith(f + ".")), None)
+        if spelling is None:
+            out.append(arg)
+            i += 1
+            continue
+        flag = json_flags[spelling]
+        dotted, has_value, value = arg[len(spelling) + 1 :].partition("=")
+        if not has_value:
+            if i + 1 >= len(argv):
+                raise argparse.ArgumentTypeError(f"{arg} needs a value")
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        keys = dotted.split(".")
+        if not all(keys):
+            raise argparse.ArgumentTypeError(f"{arg}: empty key")
+        try:
+            parsed: Any = json.loads(value)
+        except ValueError:
+            parsed = value
+        node = merged.setdefault(flag, {})
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = parsed
+    for flag, values in merged.items():
+        # Merged over the JSON form if that was given (last occurrence wins in argparse).
+        names = [s for s, main in json_flags.items() if main == flag]
+        given = [
+            a.split("=", 1)[1] if "=" in a else out[j + 1]
+            for j, a in enumerate(out)
+            if a.split("=", 1)[0] in names and ("=" in a or j + 1 < len(out))
+        ]
+        base: dict[str, Any] = {}
+        if given:
+            try:
+                base = json.loads(given[-1])
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(f"{flag}: not JSON: {exc}") from exc
+            if not isinstance(base, dict):
+                raise argparse.ArgumentTypeError(f"{flag}: must be a JSON object")
+        out += [flag, json.dumps({**base, **values})]
+    return out
+
+
 def _base_type(tp: Any) -> Any:
     """``int | None`` -> int; ``tuple[str, ...]`` -> str."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
-from poolserve.cli import _config_from, build_parser
+from poolserve.cli import _config_from, build_parser, parse_args
 from poolserve.config import Config, EngineConfig, ModelConfig, ServerConfig, parse_size
 
 
@@ -192,3 +193,49 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
         build_parser().parse_args(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.startswith("poolserve ")
+
+
+# --- newest vLLM's --pooler-config: JSON and dotted forms (issue 13) --------------------
+
+
+def _pooler(*argv: str) -> Any:
+    return _config_from(parse_args(["serve", "m", *argv])).model.override_pooler_config
+
+
+def test_pooler_config_json_and_alias() -> None:
+    body = '{"pooling_type": "MEAN", "normalize": true}'
+    want = {"pooling_type": "MEAN", "normalize": True}
+    assert _pooler("--pooler-config", body) == want
+    assert _pooler(f"--pooler-config={body}") == want
+    assert _pooler("--override-pooler-config", body) == want
+
+
+def test_pooler_config_dotted_form() -> None:
+    got = _pooler("--pooler-config.pooling_type", "MEAN", "--pooler-config.normalize=true")
+    assert got == {"pooling_type": "MEAN", "normalize": True}
+    # Values that parse as JSON are JSON; others strings. Lists and numbers too.
+    got = _pooler("--pooler-config.returned_token_ids", "[1, 2]", "--pooler-config.step_tag_id=7")
+    assert got == {"returned_token_ids": [1, 2], "step_tag_id": 7}
+    # Merged over the JSON form, whichever alias spelled either.
+    got = _pooler(
+        "--override-pooler-config",
+        '{"normalize": false, "pooling_type": "CLS"}',
+        "--pooler-config.pooling_type",
+        "LAST",
+    )
+    assert got == {"normalize": False, "pooling_type": "LAST"}
+
+
+def test_dotted_hf_overrides_nest() -> None:
+    args = parse_args(["serve", "m", "--hf-overrides.rope_scaling.factor", "2.0"])
+    assert _config_from(args).model.hf_overrides == {"rope_scaling": {"factor": 2.0}}
+
+
+@pytest.mark.parametrize(
+    "argv", [["--pooler-config.pooling_type"], ["--pooler-config.", "x"]], ids=str
+)
+def test_bad_dotted_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["serve", "m", *argv])
+    assert exc.value.code == 2
+    assert "--pooler-config" in capsys.readouterr().err

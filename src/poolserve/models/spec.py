@@ -232,7 +232,7 @@ def _pooling_from_override(
         )
         if mapped is None or mapped not in POOLING_MODES:
             raise ModelLoadError(
-                f"--override-pooler-config pooling_type {kind!r} is not supported for "
+                f"--pooler-config pooling_type {kind!r} is not supported for "
                 "embedding; use CLS, MEAN, LAST or MAX"
             )
         modes = (mapped,)
@@ -278,31 +278,31 @@ def _step_settings(override: dict[str, Any] | None) -> tuple[int | None, list[in
     kind = str(override.get("pooling_type") or "ALL").upper()
     if kind not in ("ALL", "STEP"):
         raise ModelLoadError(
-            f"--override-pooler-config pooling_type {kind!r} is not supported for reward; "
+            f"--pooler-config pooling_type {kind!r} is not supported for reward; "
             "use ALL or STEP"
         )
     tag = override.get("step_tag_id")
     returned = override.get("returned_token_ids")
     if tag is not None and not isinstance(tag, int):
-        raise ModelLoadError("--override-pooler-config step_tag_id must be a token id")
+        raise ModelLoadError("--pooler-config step_tag_id must be a token id")
     if returned is not None and (
         not isinstance(returned, list) or not all(isinstance(t, int) for t in returned)
     ):
-        raise ModelLoadError("--override-pooler-config returned_token_ids must be a list of ids")
+        raise ModelLoadError("--pooler-config returned_token_ids must be a list of ids")
     return (tag if kind == "STEP" else None), returned
 
 
 def _check_override_keys(override: dict[str, Any] | None) -> None:
-    """Refuse --override-pooler-config keys poolserve would otherwise ignore silently."""
+    """Refuse --pooler-config keys poolserve would otherwise ignore silently."""
     unknown = sorted(set(override or {}) - set(_OVERRIDE_KEYS))
     if "dimensions" in unknown:
         raise ModelLoadError(
-            "--override-pooler-config dimensions is not supported; send `dimensions` in "
+            "--pooler-config dimensions is not supported; send `dimensions` in "
             "each embeddings request instead"
         )
     if unknown:
         raise ModelLoadError(
-            f"--override-pooler-config has unsupported keys {unknown}; supported: "
+            f"--pooler-config has unsupported keys {unknown}; supported: "
             f"{', '.join(_OVERRIDE_KEYS)}"
         )
 
