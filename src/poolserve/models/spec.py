@@ -278,8 +278,7 @@ def _step_settings(override: dict[str, Any] | None) -> tuple[int | None, list[in
     kind = str(override.get("pooling_type") or "ALL").upper()
     if kind not in ("ALL", "STEP"):
         raise ModelLoadError(
-            f"--pooler-config pooling_type {kind!r} is not supported for reward; "
-            "use ALL or STEP"
+            f"--pooler-config pooling_type {kind!r} is not supported for reward; use ALL or STEP"
         )
     tag = override.get("step_tag_id")
     returned = override.get("returned_token_ids")
