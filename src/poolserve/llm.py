@@ -369,7 +369,7 @@ class LLM:
 
         async def one(lo: int, hi: int) -> list[tuple[float, np.ndarray]]:
             scored = await score_pairs(self.ctx, req, firsts[lo:hi], seconds[lo:hi])
-            return list(zip(scored.scores.tolist(), scored.prompt_ids, strict=True))
+            return list(zip(scored.scores.tolist(), scored.prompt_ids(), strict=True))
 
         results = self._chunked(len(firsts), one, use_tqdm)
         return [

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InvalidRequest
 from ..inputs.pairs import as_list, pair_up
+from ..models.base import TokenSeq
 from ..models.post import cosine_rows
 from ..protocol.score import RerankRequest, ScoreRequest
 from .classify import activation_flag
@@ -35,9 +36,17 @@ class Scored(NamedTuple):
 
     scores: np.ndarray  # float32 [pairs]
     tokens: int  # tokens the model saw for the pairs (usage)
-    # Per pair: the tokenized pair (cross-encoder), or both texts' ids one after the
-    # other (embedding model) — vLLM's offline ``prompt_token_ids`` of a score.
-    prompt_ids: list[np.ndarray]
+    seqs: list[TokenSeq]  # what was tokenized: the pairs, or each distinct text
+    rows: list[tuple[int, int]] | None  # embedding model: each pair's rows in seqs
+
+    def prompt_ids(self) -> list[np.ndarray]:
+        """Per pair: the tokenized pair (cross-encoder), or both texts' ids one after
+        the other (embedding model) — vLLM's offline ``prompt_token_ids`` of a score.
+        Built on demand: the HTTP answers never need them."""
+        if self.rows is None:
+            return [s.token_ids for s in self.seqs]
+        seqs = self.seqs
+        return [np.concatenate((seqs[i].token_ids, seqs[j].token_ids)) for i, j in self.rows]
 
 
 _SWITCHES = ("activation", "use_activation", "normalize", "softmax")
@@ -72,7 +81,7 @@ async def score_pairs(
         activation = ctx.info.score_activation
         if activate and activation is not None:
             logits = activation(logits)
-        return Scored(logits[:, 0], sum(len(s) for s in seqs), [s.token_ids for s in seqs])
+        return Scored(logits[:, 0], sum(len(s) for s in seqs), seqs, None)
     for name in _SWITCHES:
         if getattr(req, name, None) is not None:
             raise InvalidRequest(
@@ -88,12 +97,9 @@ async def score_pairs(
     left = [row[t] for t in firsts]
     right = [row[t] for t in seconds]
     scores = cosine_rows(vectors[left], vectors[right])
-    tokens = sum(len(seqs[i]) + len(seqs[j]) for i, j in zip(left, right, strict=True))
-    ids = [
-        np.concatenate((seqs[i].token_ids, seqs[j].token_ids))
-        for i, j in zip(left, right, strict=True)
-    ]
-    return Scored(scores, tokens, ids)
+    rows = list(zip(left, right, strict=True))
+    tokens = sum(len(seqs[i]) + len(seqs[j]) for i, j in rows)
+    return Scored(scores, tokens, seqs, rows)
 
 
 def _one_of(req: ScoreRequest, names: tuple[str, str, str]) -> list[str]:
@@ -114,7 +120,7 @@ async def create_score(ctx: ServingContext, req: ScoreRequest, request_id: str) 
     check_priority(req)
     texts_1 = _one_of(req, ("text_1", "queries", "data_1"))
     texts_2 = _one_of(req, ("text_2", "documents", "data_2"))
-    scores, tokens, _ = await score_pairs(ctx, req, texts_1, texts_2)
+    scores, tokens, *_ = await score_pairs(ctx, req, texts_1, texts_2)
     data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores.tolist())]
     body = {
         "id": f"score-{request_id}",
@@ -144,7 +150,7 @@ async def create_rerank(ctx: ServingContext, req: RerankRequest, request_id: str
     model = ctx.model_name(req.model)
     check_priority(req)
     documents = req.texts()
-    scores, tokens, _ = await score_pairs(
+    scores, tokens, *_ = await score_pairs(
         ctx, req, [req.query], documents, params=("query", "documents")
     )
     values = scores.tolist()
