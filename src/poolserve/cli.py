@@ -16,6 +16,7 @@ from . import __version__
 from .config import Config, EngineConfig, ModelConfig, ServerConfig
 from .errors import ModelLoadError, PoolserveError
 from .flags import add_dataclass_flags, config_from, expand_dotted
+from .vllm_flags import add_vllm_engine_flags, check_vllm_engine_flags, dashed
 
 # JSON flags that also take vLLM's dotted form (--pooler-config.pooling_type MEAN).
 DOTTED_FLAGS = {
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(serve_cmd, EngineConfig, "engine")
     add_dataclass_flags(serve_cmd, ServerConfig, "server")
     _add_ray_serve_flags(serve_cmd)  # Ray Serve scale-out (poolserve/scale/ray_serve.py)
+    add_vllm_engine_flags(serve_cmd)
     serve_cmd.set_defaults(handler=_serve_command)
     add_batch_commands(sub)
     return parser
@@ -83,6 +85,7 @@ def _add_ray_serve_flags(cmd: argparse.ArgumentParser) -> None:
 def _serve_command(args: argparse.Namespace) -> int:
     """``poolserve serve``: uvicorn, or Ray Serve replicas with ``--ray-serve`` (only then
     is poolserve.scale, and so ray, imported)."""
+    check_vllm_engine_flags(args)
     config = config_from(args)
     if not args.ray_serve:
         given = [
@@ -172,7 +175,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = expand_dotted(args, DOTTED_FLAGS)
+        args = expand_dotted(dashed(args), DOTTED_FLAGS)
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     return parser.parse_args(args)

@@ -401,7 +401,8 @@ class LLM:
             for p, group in itertools.groupby(range(lo, hi), key=lambda i: params[i]):
                 idx = list(group)
                 trunc = _truncation(p, truncate, tokenization_kwargs)
-                seqs = await self._sequences([items[i] for i in idx], trunc)
+                side = (tokenization_kwargs or {}).get("truncation_side")
+                seqs = await self._sequences([items[i] for i in idx], trunc, side)
                 values: Any
                 if kind == "embed":
                     req = EmbeddingRequest(input=[], **p.switches(dimensions=True))
@@ -420,8 +421,11 @@ class LLM:
         results = self._chunked(len(items), one, use_tqdm)
         return [(str(next(self._ids)), v, ids.tolist()) for v, ids in results]
 
-    async def _sequences(self, prompts: list[_Prompt], truncate: int | None) -> list[TokenSeq]:
-        """Tokenize text prompts (the tokenizer thread) and check id prompts, in order."""
+    async def _sequences(
+        self, prompts: list[_Prompt], truncate: int | None, side: str | None = None
+    ) -> list[TokenSeq]:
+        """Tokenize text prompts (the tokenizer thread) and check id prompts, in order;
+        ``side``: newest vLLM's ``tokenization_kwargs["truncation_side"]``."""
         ctx = self.ctx
         purpose = "embedding generation"
         texts = [(i, p.text) for i, p in enumerate(prompts) if p.text is not None]
@@ -429,7 +433,10 @@ class LLM:
         seqs: list[TokenSeq | None] = [None] * len(prompts)
         if texts:
             done = await ctx.tokenizer.texts(
-                [t for _, t in texts], truncate_prompt_tokens=truncate, purpose=purpose
+                [t for _, t in texts],
+                truncate_prompt_tokens=truncate,
+                purpose=purpose,
+                truncation_side=side,
             )
             for (i, _), s in zip(texts, done, strict=True):
                 seqs[i] = s
@@ -437,7 +444,10 @@ class LLM:
             if any(not ids for _, ids in idss):
                 raise InvalidRequest("please provide at least one prompt (an empty token list)")
             done = ctx.processor.from_token_ids(
-                [ids for _, ids in idss], truncate_prompt_tokens=truncate, purpose=purpose
+                [ids for _, ids in idss],
+                truncate_prompt_tokens=truncate,
+                purpose=purpose,
+                truncation_side=side,
             )
             for (i, _), s in zip(idss, done, strict=True):
                 seqs[i] = s

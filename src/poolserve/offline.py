@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -80,10 +80,14 @@ class PoolingModel:
         normalize: bool | None = None,
         dimensions: int | None = None,
         truncate_prompt_tokens: int | None = None,
+        truncation_side: Literal["left", "right"] | None = None,
     ) -> np.ndarray:
         """Embed texts (or token-id lists): float32 [n, dim], rows in input order.
 
-        Raises the same :mod:`poolserve.errors` the server maps to 4xx answers.
+        A text longer than the model's window is embedded in windows and combined when
+        the model was loaded with ``override_pooler_config={"enable_chunked_processing":
+        True}`` (docs/long-inputs.md). Raises the same :mod:`poolserve.errors` the
+        server maps to 4xx answers.
         """
         self.ctx.require("Embeddings")
         req = EmbeddingRequest(
@@ -91,6 +95,7 @@ class PoolingModel:
             normalize=normalize,
             dimensions=dimensions,
             truncate_prompt_tokens=truncate_prompt_tokens,
+            truncation_side=truncation_side,
         )
         vectors, _ = self.call(embed(self.ctx, req, self.ctx.served_names[0]))
         return vectors
@@ -109,6 +114,7 @@ class PoolingModel:
         *,
         activation: bool | None = None,
         truncate_prompt_tokens: int | None = None,
+        truncation_side: Literal["left", "right"] | None = None,
     ) -> np.ndarray:
         """Class probabilities as POST /classify gives them: float32 [n, num_labels], rows
         in input order (``activation=False``: the raw logits)."""
@@ -117,6 +123,7 @@ class PoolingModel:
             input=_items(inputs),
             activation=activation,
             truncate_prompt_tokens=truncate_prompt_tokens,
+            truncation_side=truncation_side,
         )
         activate = activation_flag(req, where="classification", default=self.ctx.info.activation)
         probs, _ = self.call(class_probs(self.ctx, req, activate))

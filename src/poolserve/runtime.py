@@ -151,6 +151,15 @@ def build_engine(
     )
 
 
+def bounded_rules(rules: InputRules, config: Config) -> InputRules:
+    """``rules``, with chunked processing and no max_embed_len capped at
+    --max-request-tokens: no request may hand the model more, and the cap keeps the
+    tokenization of a huge text to a measured prefix (inputs/processor.py)."""
+    if rules.chunked and rules.max_embed_len is None:
+        return dataclasses.replace(rules, max_embed_len=config.engine.max_request_tokens)
+    return rules
+
+
 def build_context(config: Config, *, cores: int | None = None) -> ServingContext:
     """Load the model of ``config`` and return a ready (not yet started) serving context,
     its engine's threads sized for ``cores`` (default: every core this process may use).
@@ -162,7 +171,7 @@ def build_context(config: Config, *, cores: int | None = None) -> ServingContext
     metrics = Metrics(names[0])
     return ServingContext(
         engine=build_engine(config, loaded, cores=cores, observer=metrics),
-        processor=InputProcessor(loaded.tokenizer, loaded.rules),
+        processor=InputProcessor(loaded.tokenizer, bounded_rules(loaded.rules, config)),
         info=loaded.info,
         served_names=names,
         metrics=metrics,
@@ -186,7 +195,7 @@ def frontend_context(
     )
     return ServingContext(
         engine=engine,
-        processor=InputProcessor(spec.tokenizer, spec.rules),
+        processor=InputProcessor(spec.tokenizer, bounded_rules(spec.rules, config)),
         info=model_info(spec, dtype, device),
         served_names=names,
         metrics=Metrics(names[0]),

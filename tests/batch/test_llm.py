@@ -92,6 +92,13 @@ def test_params_truncation_and_many_chunks(st_llm: LLM, st_url: str) -> None:
         use_tqdm=False,
     )
     assert again[0].outputs.embedding == outs[0].outputs.embedding
+    # Newest vLLM's truncation_side (token ids: the first k with "right").
+    right = st_llm.embed(
+        [{"prompt_token_ids": long_ids}],
+        tokenization_kwargs={"truncate_prompt_tokens": 6, "truncation_side": "right"},
+        use_tqdm=False,
+    )
+    assert right[0].prompt_token_ids == long_ids[:6]
     # Over one chunk of prompts, with a progress bar callable; order kept.
     many = [f"text number {i}" for i in range(700)]
     bars: list[Bar] = []

@@ -69,10 +69,19 @@ def test_pooling_truncation_and_length(tiny_url: str) -> None:
     assert_error(resp, 400, message=context_message(TINY_MAX_LEN, len(ids)))
 
 
-def test_pooling_dimensions_is_400(tiny_url: str) -> None:
-    # Even on a matryoshka model.
+def test_pooling_dimensions_as_embeddings(tiny_url: str) -> None:
+    # Newest vLLM: /pooling takes `dimensions` for the embed task (older vLLM said 400).
     resp = post(tiny_url, "/pooling", {"input": "hi", "dimensions": 8})
-    assert_error(resp, 400, contains="dimensions is currently not supported")
+    assert resp.status_code == 200, resp.text
+    pooled = resp.json()["data"][0]["data"]
+    ref = post(tiny_url, "/v1/embeddings", {"input": "hi", "dimensions": 8}).json()
+    assert len(pooled) == 8
+    assert pooled == ref["data"][0]["embedding"]
+
+
+def test_pooling_dimensions_on_a_classifier_is_400(classifier_url: str) -> None:
+    resp = post(classifier_url, "/pooling", {"input": "hi", "dimensions": 8})
+    assert_error(resp, 400, contains="does not support ['dimensions']")
 
 
 @pytest.mark.parametrize("task", ["classify", "score", "bogus", ""])

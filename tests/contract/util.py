@@ -82,6 +82,56 @@ def assert_error(
     return dict(err)
 
 
+# Routes that answer errors in TEI's shape (docs/tei.md): TEI's own, and the paths
+# where a TEI-shaped body is told apart from the vLLM / Jina one.
+TEI_ROUTES = frozenset(
+    {"/", "/embed", "/embed_all", "/embed_sparse", "/predict", "/similarity", "/decode"}
+)
+TEI_BODY_ROUTES = frozenset({"/rerank", "/v1/rerank", "/v2/rerank", "/tokenize"})
+TEI_ERROR_TYPES = {"Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty"}
+
+
+def assert_tei_error(
+    resp: requests.Response,
+    status: int,
+    error_type: str | None = None,
+    message: str | None = None,
+) -> str:
+    """TEI's error shape, exactly ``{"error": str, "error_type": str}``; the message."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert set(body) == {"error", "error_type"}, body
+    assert body["error_type"] in TEI_ERROR_TYPES, body
+    assert isinstance(body["error"], str) and body["error"]
+    if error_type is not None:
+        assert body["error_type"] == error_type, body
+    if message is not None:
+        assert body["error"] == message
+    return str(body["error"])
+
+
+def tei_ok(resp: requests.Response) -> Any:
+    """The JSON of a 200 TEI answer (fails with the body otherwise)."""
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    return resp.json()
+
+
+def assert_route_error(resp: requests.Response, path: str, status: int) -> None:
+    """The error shape ``path`` answers in: TEI's on the TEI routes (and for TEI bodies
+    on the shared paths) when the route answered; the OpenAI shape otherwise (the
+    gateway's 401 / 413 / 429, a 405, and every other route)."""
+    try:
+        tei_shaped = "error_type" in resp.json()
+    except ValueError:
+        tei_shaped = False
+    if path in TEI_ROUTES | TEI_BODY_ROUTES and tei_shaped:
+        assert_tei_error(resp, status)
+    else:
+        assert_error(resp, status)
+
+
 def vectors(body: dict[str, Any], key: str = "embedding") -> np.ndarray:
     """The float vectors of a response, in index order, as float32 [n, dim]."""
     items = sorted(body["data"], key=lambda d: d["index"])

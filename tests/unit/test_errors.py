@@ -14,6 +14,7 @@ from poolserve import errors as E
 from poolserve.api import errors as api_errors
 from poolserve.api.body import parse
 from poolserve.protocol.embeddings import EmbeddingRequest
+from poolserve.serving.tei_inputs import TeiError
 
 EXPECTED = {
     E.InvalidRequest: (400, "BadRequestError"),
@@ -29,6 +30,8 @@ EXPECTED = {
     E.RequestReadTimeout: (408, "RequestTimeout"),
     E.TooManyConnections: (503, "Overloaded"),
     E.ClientClosedRequest: (499, "ClientClosedRequest"),
+    # TEI's errors: a 400 in the OpenAI shape, TEI's own status on the TEI routes
+    TeiError: (400, "BadRequestError"),
 }
 
 

@@ -157,7 +157,7 @@ def test_cross_encoder_folder_refused(
 
 @pytest.mark.parametrize(
     ("override", "match"),
-    [({"dimensions": 8}, "dimensions is not supported"), ({"bogus": 1}, "unsupported keys")],
+    [({"dimensions": 8}, "does not support matryoshka"), ({"bogus": 1}, "unsupported keys")],
 )
 def test_unsupported_override_pooler_keys_refused(override: dict[str, int], match: str) -> None:
     from poolserve.config import ModelConfig

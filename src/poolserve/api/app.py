@@ -18,7 +18,7 @@ from . import errors
 from .admission import Counts
 from .fast import DirectRoutes, direct_routes
 from .middleware import GatewayMiddleware
-from .routes import classify, embeddings, invocations, ops, score, tokenize
+from .routes import classify, cohere, embeddings, invocations, ops, score, tei, tokenize
 from .routes._common import BODY_MODELS
 
 
@@ -72,7 +72,8 @@ def create_app(
     app.state.shutdown_grace = server.shutdown_grace
     errors.install(app)
     routers = [
-        module.router for module in (embeddings, score, classify, tokenize, invocations, ops)
+        module.router
+        for module in (embeddings, score, classify, tokenize, cohere, tei, invocations, ops)
     ]
     for router in routers:
         app.include_router(router)

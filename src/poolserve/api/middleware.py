@@ -107,7 +107,7 @@ class GatewayMiddleware:
     """Runs before routing for every HTTP request.
 
     - assigns ``X-Request-Id`` (the client's, or a new one) and echoes it back;
-    - with API keys set, answers 401 to any POST and to GET /v1/models without a
+    - with API keys set, answers 401 to any POST and to GET /v1/models and /info without a
       matching ``Authorization: Bearer <key>`` (compared in constant time);
     - answers 413 early when Content-Length is over the body limit;
     - admits at most ``max_inflight`` POST requests at once, holding at most
@@ -179,7 +179,8 @@ class GatewayMiddleware:
     def _needs_key(self, method: str, path: str) -> bool:
         if not self.keys or path in _OPEN_PATHS or method == "OPTIONS":
             return False
-        return method != "GET" or path.startswith("/v1/models")
+        # GET /info names the model and the limits, as /v1/models does (TEI guards it too).
+        return method != "GET" or path.startswith("/v1/models") or path == "/info"
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         value = headers.get(b"authorization", b"")

@@ -20,7 +20,8 @@ are serialized with a lock; callers run these methods off the event loop.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,15 @@ def context_error(max_len: int, n: int, purpose: str, *, at_least: bool = False)
         f"{requested} tokens in the input for {purpose}. Please reduce the length of the input.",
         param="input",
     )
+
+
+def _side(truncation_side: str | None) -> str:
+    """``truncation_side`` checked: "left", or "right" (also when None)."""
+    if truncation_side not in (None, "left", "right"):
+        raise InvalidRequest(
+            "`truncation_side` must be either 'left' or 'right'.", param="truncation_side"
+        )
+    return truncation_side or "right"
 
 
 def _slices(texts: list[str]) -> list[list[str]]:
@@ -92,16 +102,13 @@ class InputProcessor:
         self.tokenizer = tokenizer
         self.rules = rules
         self._lock = threading.Lock()
-        self._prompt_len = 0
-        self._plain_prompt_len = 0  # the same prompt under add_special_tokens=false
         # A single text's token type ids are all 0 for every tokenizer we know (BERT's
         # template gives sequence A type 0): then none are built (None means zeros to the
         # backends), which saves a Python int per token. Checked once, here.
         self._single_types_zero = self._probe_single_types()
-        if rules.default_prompt and rules.exclude_prompt_from_pooling:
-            self._prompt_len = self._measure_prompt(rules.default_prompt)
-            plain = tokenizer(rules.default_prompt, add_special_tokens=False)["input_ids"]
-            self._plain_prompt_len = len(plain)
+        self._prompts = dict(rules.prompts)
+        # (with special tokens, without) lengths of each prompt, for include_prompt=false
+        self._prompt_lens: dict[str, tuple[int, int]] = {}
 
     def _probe_single_types(self) -> bool:
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
@@ -114,16 +121,42 @@ class InputProcessor:
             return False
         return all(t == 0 for e in [*probes, *plain] for t in e.type_ids)
 
-    def _measure_prompt(self, prompt: str) -> int:
-        # As sentence-transformers: the tokenized prompt minus its trailing special token.
-        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        if ids and ids[-1] in set(self.tokenizer.all_special_ids):
-            return len(ids) - 1
-        return len(ids)
+    def _prompt_len(self, prompt: str, add_special_tokens: bool) -> int:
+        """Tokens of ``prompt`` left out of pooling (include_prompt=false), else 0."""
+        if not self.rules.exclude_prompt_from_pooling:
+            return 0
+        lens = self._prompt_lens.get(prompt)
+        if lens is None:
+            with self._lock:
+                ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+                plain = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            # As sentence-transformers: the tokenized prompt minus its trailing special token.
+            special = bool(ids) and ids[-1] in set(self.tokenizer.all_special_ids)
+            lens = (len(ids) - 1 if special else len(ids), len(plain))
+            self._prompt_lens[prompt] = lens
+        return lens[0] if add_special_tokens else lens[1]
+
+    def prompt_text(self, prompt_name: str | None, use_prompt: bool = True) -> str | None:
+        """The prompt to prepend: the named one (400 when the model has no such prompt),
+        else the model's default prompt when ``use_prompt``."""
+        if prompt_name is None:
+            return self.rules.default_prompt if use_prompt else None
+        prompt = self._prompts.get(prompt_name)
+        if prompt is None:
+            known = sorted(self._prompts)
+            raise InvalidRequest(
+                f"prompt_name {prompt_name!r} is not one of this model's prompts "
+                f"({known if known else 'it has none'})",
+                param="prompt_name",
+            )
+        return prompt
 
     def truncation_length(self, truncate_prompt_tokens: int | None) -> int | None:
-        """The k to truncate to, or None for no truncation; validates k."""
-        limit = self.rules.max_model_len
+        """The k to truncate to, or None for no truncation; validates k.
+
+        The limit is max_model_len, or with chunked processing max_embed_len (none when
+        unset: -1 and --auto-truncate then cut nothing)."""
+        limit = self.rules.max_input_len
         if truncate_prompt_tokens is None:
             return limit if self.rules.auto_truncate else None
         if truncate_prompt_tokens == -1:
@@ -133,17 +166,19 @@ class InputProcessor:
                 "truncate_prompt_tokens must be -1 or a positive number of tokens",
                 param="truncate_prompt_tokens",
             )
-        if truncate_prompt_tokens > limit:
+        if limit is not None and truncate_prompt_tokens > limit:
+            name = "max_embed_len" if self.rules.chunked else "max_model_len"
             raise InvalidRequest(
                 f"truncate_prompt_tokens value ({truncate_prompt_tokens}) is greater than "
-                f"max_model_len ({limit}). Please select a smaller truncation size.",
+                f"{name} ({limit}). Please select a smaller truncation size.",
                 param="truncate_prompt_tokens",
             )
         return truncate_prompt_tokens
 
     def _check_length(self, n: int, purpose: str) -> None:
-        if n > self.rules.max_model_len:
-            raise context_error(self.rules.max_model_len, n, purpose)
+        limit = self.rules.max_input_len
+        if limit is not None and n > limit:
+            raise context_error(limit, n, purpose)
         if n == 0:
             raise InvalidRequest("an input has no tokens", param="input")
 
@@ -155,21 +190,33 @@ class InputProcessor:
         truncate_prompt_tokens: int | None = None,
         purpose: str = "embedding generation",
         use_prompt: bool = True,
+        prompt_name: str | None = None,
+        truncation_side: str | None = None,
     ) -> list[TokenSeq]:
-        """Tokenize plain texts (with the model's default prompt prepended)."""
+        """Tokenize plain texts with a prompt prepended: the one named ``prompt_name``,
+        else the model's default prompt (when ``use_prompt``).
+
+        ``truncation_side``: when truncating, "right" (the default) keeps the first
+        tokens, "left" the last; special tokens stay either way, as the tokenizer's own
+        truncation keeps them.
+        """
+        side = _side(truncation_side)
         k = self.truncation_length(truncate_prompt_tokens)
-        prompt = self.rules.default_prompt if use_prompt else None
+        prompt = self.prompt_text(prompt_name, use_prompt)
         batch = [prompt + t if prompt else t for t in texts]
         if self.rules.do_lower_case:
             batch = [t.lower() for t in batch]
-        batch = [self._bounded(t, k, purpose) for t in batch]
-        prompt_len = 0
-        if prompt:
-            prompt_len = self._prompt_len if add_special_tokens else self._plain_prompt_len
+        batch = [self._bounded(t, k, purpose, side) for t in batch]
+        prompt_len = self._prompt_len(prompt, add_special_tokens) if prompt else 0
         out: list[TokenSeq] = []
         for part in _slices(batch):
-            enc = self._encode(part, add_special_tokens, k)
-            out.extend(self._sequences(enc, k, purpose, prompt_len))
+            enc = self._encode(part, add_special_tokens, k, side)
+            lens: list[int] | int = prompt_len
+            if prompt_len and side == "left" and k is not None:
+                # Cutting the start cuts the prompt: only an uncut text keeps it to exclude.
+                whole = self._encode(part, add_special_tokens, None, side)["input_ids"]
+                lens = [prompt_len if len(ids) <= k else 0 for ids in whole]
+            out.extend(self._sequences(enc, k, purpose, lens, side))
         return out
 
     def from_texts_many(
@@ -206,50 +253,70 @@ class InputProcessor:
                 start += n
         return out
 
-    def _bounded(self, text: str, k: int | None, purpose: str) -> str:
-        """``text``, or (truncating to ``k``) a prefix of it with the same first k tokens.
+    def _bounded(self, text: str, k: int | None, purpose: str, side: str = "right") -> str:
+        """``text``, or (truncating to ``k``) a part of it with the same first k tokens
+        (the same last k for ``side`` "left").
 
         A text too long to be tokenized whole cheaply is measured by chunks first:
         over the max length it is a 400 (without truncation), or it is cut (with).
         """
-        limit = k if k is not None else self.rules.max_model_len
+        limit = k if k is not None else self.rules.max_input_len
+        if limit is None:  # chunked processing with no max_embed_len: nothing to bound
+            return text
         chunk = (limit + _PROBE_MARGIN) * _PROBE_CHARS_PER_TOKEN
         if len(text) <= max(2 * chunk, _EXACT_CHARS):
             return text
-        found = self._proven_head(text, limit, chunk)
+        found = self._proven_part(text, limit, chunk, from_end=k is not None and side == "left")
         if found is None:  # few tokens in many characters: tokenize it whole
             return text
-        end, at_least = found
+        cut, at_least = found
         if k is None:
-            raise context_error(self.rules.max_model_len, at_least, purpose, at_least=True)
-        return text[:end]
+            raise context_error(limit, at_least, purpose, at_least=True)
+        return text[cut:] if side == "left" else text[:cut]
 
-    def _proven_head(self, text: str, need: int, chunk: int) -> tuple[int, int] | None:
-        """``(end, n)``: ``text[:end]`` surely has ``n`` > ``need`` tokens (specials aside),
-        its first ``need`` tokens those of the whole text; None if ``text`` has no such
-        prefix (it is not longer than ``need`` tokens by a clear margin).
+    def _proven_part(
+        self, text: str, need: int, chunk: int, from_end: bool = False
+    ) -> tuple[int, int] | None:
+        """``(cut, n)``: ``text[:cut]`` (``text[cut:]`` when ``from_end``) surely has
+        ``n`` > ``need`` tokens (specials aside), its first (last) ``need`` tokens those
+        of the whole text; None if ``text`` has no such part (it is not longer than
+        ``need`` tokens by a clear margin).
 
-        Tokenizes whitespace-cut chunks of about ``chunk`` characters until the count,
-        less a margin per cut, passes ``need``: work and memory stay those of a prefix.
+        Tokenizes whitespace-cut chunks of about ``chunk`` characters, from the start (or
+        the end), until the count less a margin per cut passes ``need``: work and memory
+        stay those of the part.
         """
-        total = cuts = start = 0
+        total = cuts = 0
         n = len(text)
-        while start < n:
-            end = min(n, start + chunk)
-            if end < n:
-                space = text.rfind(" ", start + chunk // 2, end)
-                end = space if space > start else end
+        start, end = (n, n) if from_end else (0, 0)
+        while (start > 0) if from_end else (end < n):
+            if from_end:
+                start = max(0, end - chunk)
+                if start > 0:
+                    space = text.find(" ", start, end - chunk // 2)
+                    start = space if space > start else start
+            else:
+                end = min(n, start + chunk)
+                if end < n:
+                    space = text.rfind(" ", start + chunk // 2, end)
+                    end = space if space > start else end
             with self._lock:
                 ids = self.tokenizer(text[start:end], add_special_tokens=False)["input_ids"]
             total += len(ids)
             cuts += 1
-            start = end
+            if from_end:
+                end = start
+            else:
+                start = end
             if total - cuts * _PROBE_MARGIN > need:
-                return end, total - cuts * _PROBE_MARGIN
+                return (start if from_end else end), total - cuts * _PROBE_MARGIN
         return None
 
-    def _encode(self, batch: list[str], add_special_tokens: bool, k: int | None) -> dict[str, Any]:
-        """Token ids (and type ids) of ``batch``, truncated to ``k`` tokens when given."""
+    def _encode(
+        self, batch: list[str], add_special_tokens: bool, k: int | None, side: str = "right"
+    ) -> dict[str, Any]:
+        """Token ids (and type ids) of ``batch``, truncated to ``k`` tokens when given
+        (from ``side``)."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         with self._lock:
             if backend is not None and k is None:
@@ -263,22 +330,39 @@ class InputProcessor:
                 if self.rules.uses_token_type_ids and not self._single_types_zero:
                     out["token_type_ids"] = [e.type_ids for e in encodings]
                 return out
-            return dict(
-                self.tokenizer(
-                    batch,
-                    add_special_tokens=add_special_tokens,
-                    truncation=k is not None,
-                    max_length=k,
-                    padding=False,
-                    return_attention_mask=False,
-                    return_token_type_ids=self.rules.uses_token_type_ids,
+            with self._truncating_from(side):
+                return dict(
+                    self.tokenizer(
+                        batch,
+                        add_special_tokens=add_special_tokens,
+                        truncation=k is not None,
+                        max_length=k,
+                        padding=False,
+                        return_attention_mask=False,
+                        return_token_type_ids=self.rules.uses_token_type_ids,
+                    )
                 )
-            )
+
+    @contextmanager
+    def _truncating_from(self, side: str) -> Iterator[None]:
+        """The tokenizer's truncation side set to ``side`` for one call (lock held)."""
+        before = getattr(self.tokenizer, "truncation_side", "right")
+        self.tokenizer.truncation_side = side
+        try:
+            yield
+        finally:
+            self.tokenizer.truncation_side = before
 
     def _sequences(
-        self, enc: Any, k: int | None, purpose: str, prompt_len: int = 0
+        self,
+        enc: Any,
+        k: int | None,
+        purpose: str,
+        prompt_len: int | list[int] = 0,
+        side: str = "right",
     ) -> list[TokenSeq]:
-        """TokenSeqs from a tokenizer's batch output: cut to ``k``, length-checked."""
+        """TokenSeqs from a tokenizer's batch output: cut to ``k``, length-checked.
+        ``prompt_len``: the prompt tokens to leave out of pooling, one for all or each."""
         ids_list = enc["input_ids"]
         types_list = enc.get("token_type_ids") if self.rules.uses_token_type_ids else None
         out = []
@@ -286,17 +370,41 @@ class InputProcessor:
             types = types_list[i] if types_list is not None else None
             if k is not None and len(ids) > k:
                 # The tokenizer will not cut into its special tokens (k below their
-                # count); k counts every token the model sees, so keep the first k.
-                ids = ids[:k]
-                types = types[:k] if types is not None else None
+                # count); k counts every token the model sees, so keep k of them.
+                cut = slice(-k, None) if side == "left" else slice(0, k)
+                ids = ids[cut]
+                types = types[cut] if types is not None else None
             self._check_length(len(ids), purpose)
             out.append(
                 TokenSeq(
                     np.array(ids, dtype=np.int32),
                     np.array(types, dtype=np.int32) if types is not None else None,
-                    prompt_len,
+                    prompt_len if isinstance(prompt_len, int) else prompt_len[i],
                 )
             )
+        return out
+
+    def clip_texts(self, texts: Sequence[str], max_tokens: int, param: str) -> list[str]:
+        """Each text cut, at a token boundary, to its first ``max_tokens`` tokens (special
+        tokens aside): newest vLLM's ``max_tokens_per_query`` / ``max_tokens_per_doc``.
+        0 leaves them whole; a value below 0 or not below max_model_len is a 400."""
+        if max_tokens == 0:
+            return list(texts)
+        limit = self.rules.max_model_len
+        if max_tokens < 0:
+            raise InvalidRequest(f"{param} must be a non-negative integer", param=param)
+        if max_tokens >= limit:
+            raise InvalidRequest(
+                f"{param} ({max_tokens}) must be less than max_model_len ({limit}).",
+                param=param,
+            )
+        out = []
+        for text in texts:
+            text = self._bounded(text, max_tokens, "score")
+            with self._lock:
+                enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = enc["offset_mapping"]
+            out.append(text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]])
         return out
 
     def from_pairs(
@@ -306,6 +414,7 @@ class InputProcessor:
         *,
         truncate_prompt_tokens: int | None = None,
         purpose: str = "score",
+        truncation_side: str | None = None,
     ) -> list[TokenSeq]:
         """Tokenize text pairs as one sequence each (``[CLS] a [SEP] b [SEP]`` for BERT,
         ``<s> a </s></s> b </s>`` for XLM-R), with token_type_ids where the model uses them.
@@ -313,9 +422,11 @@ class InputProcessor:
         ``truncate_prompt_tokens=k`` truncates each pair to k tokens, longest text first
         (as sentence-transformers' CrossEncoder truncates at its max length); a k below
         the special tokens a pair needs is a 400. No default prompt is added.
+        ``truncation_side`` "left" cuts the start of the texts instead of their end.
         """
         if len(firsts) != len(seconds):
             raise ValueError("firsts and seconds must have the same length")
+        side = _side(truncation_side)
         k = self.truncation_length(truncate_prompt_tokens)
         if k is not None:
             specials = self.tokenizer.num_special_tokens_to_add(pair=True)
@@ -330,11 +441,11 @@ class InputProcessor:
             a, b = [t.lower() for t in a], [t.lower() for t in b]
         # A text far over the limit on its own is refused (or, truncating, cut) after a
         # small tokenization; longest-first truncation of the pair keeps the same tokens.
-        a = [self._bounded(t, k, purpose) for t in a]
-        b = [self._bounded(t, k, purpose) for t in b]
+        a = [self._bounded(t, k, purpose, side) for t in a]
+        b = [self._bounded(t, k, purpose, side) for t in b]
         if not a:
             return []
-        with self._lock:
+        with self._lock, self._truncating_from(side):
             enc = self.tokenizer(
                 a,
                 b,
@@ -345,7 +456,7 @@ class InputProcessor:
                 return_attention_mask=False,
                 return_token_type_ids=self.rules.uses_token_type_ids,
             )
-        return self._sequences(enc, k, purpose)
+        return self._sequences(enc, k, purpose, side=side)
 
     def from_token_ids(
         self,
@@ -353,9 +464,12 @@ class InputProcessor:
         *,
         truncate_prompt_tokens: int | None = None,
         purpose: str = "embedding generation",
+        truncation_side: str | None = None,
     ) -> list[TokenSeq]:
         """Validate pre-tokenized inputs (no tokenizer involved: numpy range checks);
-        truncation keeps the *last* k ids."""
+        truncation keeps the *last* k ids (as vLLM always did for ids), or the first k
+        with ``truncation_side`` "right"."""
+        keep_first = _side(truncation_side or "left") == "right"
         k = self.truncation_length(truncate_prompt_tokens)
         vocab = self.rules.vocab_size
         out = []
@@ -371,7 +485,9 @@ class InputProcessor:
                     f"token id {bad} is out of the vocabulary (valid ids are 0..{vocab - 1})",
                     param="input",
                 )
-            seq = arr[-k:] if k is not None and len(arr) > k else arr
+            if k is not None and len(arr) > k:
+                arr = arr[:k] if keep_first else arr[-k:]
+            seq = arr
             self._check_length(len(seq), purpose)
             out.append(TokenSeq(seq.astype(np.int32)))
         return out
@@ -418,6 +534,7 @@ class InputProcessor:
         add_special_tokens: bool = False,
         truncate_prompt_tokens: int | None = None,
         purpose: str = "embedding generation",
+        truncation_side: str | None = None,
     ) -> TokenSeq:
         """Render messages as ONE prompt, then tokenize it (no default prompt added)."""
         text = self.render_chat(
@@ -432,6 +549,7 @@ class InputProcessor:
             truncate_prompt_tokens=truncate_prompt_tokens,
             purpose=purpose,
             use_prompt=False,
+            truncation_side=truncation_side,
         )[0]
 
     def tokenize(
@@ -443,7 +561,7 @@ class InputProcessor:
         has more than ``max_tokens`` tokens (the caller checks the exact count).
         """
         if max_tokens is not None and len(text) > _TOKENIZE_PROBE_CHARS:
-            found = self._proven_head(text, max_tokens, _TOKENIZE_PROBE_CHARS)
+            found = self._proven_part(text, max_tokens, _TOKENIZE_PROBE_CHARS)
             if found is not None:
                 raise RequestTooLarge(
                     f"the prompt has more than {found[1]} tokens, over the limit of "

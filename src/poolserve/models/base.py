@@ -103,6 +103,12 @@ class ModelInfo:
     # classifier: what /score applies to the logits (sentence-transformers' choice)
     score_activation: Activation | None = None
     activation: bool = True
+    # --pooler-config dimensions: the output size when a request sends no ``dimensions``
+    default_dimensions: int | None = None
+    # --pooler-config logit_mean / logit_sigma: a classifier's logits become
+    # (logit - mean) / sigma before any activation (vLLM's Platt-scaling calibration)
+    logit_mean: float | None = None
+    logit_sigma: float | None = None
     # /pooling ``task`` values beyond the served one: token_embed, token_classify
     token_tasks: tuple[str, ...] = ()
 
@@ -129,3 +135,16 @@ class InputRules:
     do_lower_case: bool = False
     chat_template: str | None = None
     auto_truncate: bool = False
+    # The sentence-transformers prompts by name (``prompt_name``, Cohere's input_type).
+    prompts: tuple[tuple[str, str], ...] = ()
+    # --pooler-config enable_chunked_processing: inputs longer than max_model_len are
+    # accepted up to max_embed_len (None: no limit) and embedded window by window.
+    chunked: bool = False
+    max_embed_len: int | None = None
+
+    @property
+    def max_input_len(self) -> int | None:
+        """The most tokens one input may have (None: no limit, chunked without a cap)."""
+        if self.chunked:
+            return self.max_embed_len
+        return min(self.max_model_len, self.max_embed_len or self.max_model_len)

@@ -21,9 +21,9 @@ from ..config import ModelConfig
 from ..errors import ModelLoadError
 from .base import CLASSIFIER, EMBEDDING, TOKENS, InputRules, ModelInfo
 from .heads import is_multi_label, label_names, num_labels, resolve_score_activation
+from .pooler_config import PoolerSettings, read_pooler_config, refuse_keys
 from .resolve import resolve_model_dir
 from .st_config import (
-    POOLING_MODES,
     CrossEncoderFolder,
     DenseSpec,
     STPipeline,
@@ -53,15 +53,6 @@ _NO_LIMIT = 1_000_000  # tokenizers write ~1e30 as "no limit"
 BASE = "AutoModel"
 SEQUENCE_CLASSIFICATION = "AutoModelForSequenceClassification"
 CAUSAL_LM = "AutoModelForCausalLM"
-
-_OVERRIDE_KEYS = (
-    "pooling_type",
-    "normalize",
-    "activation",
-    "softmax",
-    "step_tag_id",
-    "returned_token_ids",
-)
 
 
 @dataclass(frozen=True)
@@ -220,30 +211,7 @@ def max_model_len(
     return requested
 
 
-def _pooling_from_override(
-    override: dict[str, Any] | None, modes: tuple[str, ...], normalize: bool
-) -> tuple[tuple[str, ...], bool]:
-    if not override:
-        return modes, normalize
-    kind = override.get("pooling_type")
-    if kind is not None:
-        mapped = {"CLS": "cls", "MEAN": "mean", "LAST": "lasttoken", "MAX": "max"}.get(
-            str(kind).upper()
-        )
-        if mapped is None or mapped not in POOLING_MODES:
-            raise ModelLoadError(
-                f"--pooler-config pooling_type {kind!r} is not supported for "
-                "embedding; use CLS, MEAN, LAST or MAX"
-            )
-        modes = (mapped,)
-    if "normalize" in override:
-        normalize = bool(override["normalize"])
-    return modes, normalize
-
-
-def _weights_class(
-    head: str, hf_config: Any, override: dict[str, Any] | None, decoder: bool
-) -> str:
+def _weights_class(head: str, hf_config: Any, pooler: PoolerSettings, decoder: bool) -> str:
     """The transformers Auto class whose weights the served head needs.
 
     A decoder's classifier from ``classifier_from_token``, and a per-token reward head
@@ -255,55 +223,103 @@ def _weights_class(
         return CAUSAL_LM
     if head in (CLASSIFIER, TOKENS) and has_seq_cls_arch(hf_config):
         return SEQUENCE_CLASSIFICATION
-    if head == TOKENS and (override or {}).get("returned_token_ids") is not None:
+    if head == TOKENS and pooler.returned_token_ids is not None:
         return CAUSAL_LM
     return BASE
 
 
-def _override_flag(override: dict[str, Any] | None, names: tuple[str, ...], default: bool) -> bool:
-    """The first of ``names`` set in --override-pooler-config, else ``default``."""
-    for name in names:
-        if (override or {}).get(name) is not None:
-            return bool(override[name])  # type: ignore[index]
-    return default
-
-
-def _step_settings(override: dict[str, Any] | None) -> tuple[int | None, list[int] | None]:
-    """(step_tag_id, returned_token_ids) of a reward model's --override-pooler-config.
-
-    pooling_type ALL (default) or STEP; STEP keeps only the rows of ``step_tag_id``
-    tokens (all rows when it is not given).
-    """
-    override = override or {}
-    kind = str(override.get("pooling_type") or "ALL").upper()
-    if kind not in ("ALL", "STEP"):
-        raise ModelLoadError(
-            f"--pooler-config pooling_type {kind!r} is not supported for reward; use ALL or STEP"
-        )
-    tag = override.get("step_tag_id")
-    returned = override.get("returned_token_ids")
-    if tag is not None and not isinstance(tag, int):
-        raise ModelLoadError("--pooler-config step_tag_id must be a token id")
-    if returned is not None and (
-        not isinstance(returned, list) or not all(isinstance(t, int) for t in returned)
+def _requested_task(cfg: ModelConfig, pooler: PoolerSettings, hf_config: Any) -> str:
+    """--task, or --pooler-config task when --task is auto; they must agree when both given."""
+    if pooler.task is None:
+        if (
+            cfg.task == "auto"
+            and cfg.convert == "auto"
+            and pooler.tok_pooling is not None
+            and is_decoder(hf_config)
+            and not has_seq_cls_arch(hf_config)
+        ):
+            return "reward"  # per-token pooling (ALL / STEP) of a causal LM: a reward model
+        return cfg.task
+    if cfg.task not in ("auto", pooler.task) and not (
+        cfg.task == "score" and pooler.task == "classify"  # a cross-encoder, either way
     ):
-        raise ModelLoadError("--pooler-config returned_token_ids must be a list of ids")
-    return (tag if kind == "STEP" else None), returned
+        raise ModelLoadError(
+            f"--pooler-config task asks for {pooler.task!r} but --task is {cfg.task!r}"
+        )
+    return pooler.task if cfg.task == "auto" else cfg.task
 
 
-def _check_override_keys(override: dict[str, Any] | None) -> None:
-    """Refuse --pooler-config keys poolserve would otherwise ignore silently."""
-    unknown = sorted(set(override or {}) - set(_OVERRIDE_KEYS))
-    if "dimensions" in unknown:
-        raise ModelLoadError(
-            "--pooler-config dimensions is not supported; send `dimensions` in "
-            "each embeddings request instead"
+# --pooler-config keys that only some heads use; the others refuse them by name.
+_EMBEDDING_ONLY = ("dimensions", "enable_chunked_processing", "max_embed_len")
+_CLASSIFIER_ONLY = ("logit_mean", "logit_sigma")
+_TOKENS_ONLY = ("tok_pooling_type", "step_tag_id")
+
+
+def _check_pooler_applies(pooler: PoolerSettings, head: str) -> None:
+    """Refuse --pooler-config keys the served head does not use (none is ignored)."""
+    if head == EMBEDDING:
+        refuse_keys(
+            pooler, (*_CLASSIFIER_ONLY, *_TOKENS_ONLY, "returned_token_ids"), "embedding models"
         )
-    if unknown:
-        raise ModelLoadError(
-            f"--pooler-config has unsupported keys {unknown}; supported: "
-            f"{', '.join(_OVERRIDE_KEYS)}"
+        if pooler.tok_pooling is not None:
+            raise ModelLoadError(
+                f"--pooler-config pooling_type {pooler.tok_pooling} is per-token pooling, "
+                "which does not apply to embedding models (per-token vectors: /pooling with "
+                'task "token_embed"); use CLS, MEAN, LAST or MAX'
+            )
+    elif head == CLASSIFIER:
+        refuse_keys(pooler, (*_EMBEDDING_ONLY, *_TOKENS_ONLY, "returned_token_ids"), "classifiers")
+        if pooler.tok_pooling is not None:
+            raise ModelLoadError(
+                f"--pooler-config pooling_type {pooler.tok_pooling} does not apply to "
+                "classifiers; use CLS, MEAN or LAST"
+            )
+    else:
+        refuse_keys(
+            pooler, (*_EMBEDDING_ONLY, *_CLASSIFIER_ONLY, "seq_pooling_type"), "reward models"
         )
+        if pooler.seq_pooling is not None:
+            raise ModelLoadError(
+                "--pooler-config pooling_type: reward models pool per token; use ALL or STEP"
+            )
+        if pooler.step_tag_id is not None and pooler.tok_pooling != "STEP":
+            raise ModelLoadError(
+                '--pooler-config step_tag_id needs pooling_type "STEP" (ALL returns every row)'
+            )
+
+
+def _max_embed_len(pooler: PoolerSettings, max_len: int) -> int | None:
+    """--pooler-config max_embed_len, checked against the model's window."""
+    cap = pooler.max_embed_len
+    if cap is not None and not pooler.chunked and cap > max_len:
+        raise ModelLoadError(
+            f"--pooler-config max_embed_len ({cap}) is over the model's max_model_len "
+            f"({max_len}); inputs longer than the model's window need "
+            "enable_chunked_processing: true"
+        )
+    return cap
+
+
+def _default_dimensions(pooler: PoolerSettings, info: ModelInfo) -> int:
+    """--pooler-config dimensions, checked as a request's ``dimensions`` would be."""
+    d = pooler.dimensions
+    assert d is not None
+    if not info.matryoshka:
+        raise ModelLoadError(
+            f"--pooler-config dimensions {d}: the model does not support matryoshka "
+            "representation (config.json has no is_matryoshka / matryoshka_dimensions)"
+        )
+    if d > info.dimension:
+        raise ModelLoadError(
+            f"--pooler-config dimensions {d} is larger than the model's embedding size "
+            f"({info.dimension})"
+        )
+    if info.matryoshka_dimensions and d not in info.matryoshka_dimensions:
+        raise ModelLoadError(
+            f"--pooler-config dimensions {d}: the model only supports "
+            f"{list(info.matryoshka_dimensions)}"
+        )
+    return d
 
 
 def _read_config(model_dir: Path, cfg: ModelConfig) -> Any:
@@ -316,6 +332,14 @@ def _read_config(model_dir: Path, cfg: ModelConfig) -> Any:
     for key, value in (cfg.hf_overrides or {}).items():
         setattr(hf_config, key, value)
     from_tokens = from_token_labels(hf_config)
+    if getattr(hf_config, "is_original_qwen3_reranker", False) and from_tokens is not None:
+        if len(from_tokens) != 2:
+            raise ModelLoadError(
+                "is_original_qwen3_reranker needs classifier_from_token of two tokens "
+                f'(["no", "yes"]), got {list(from_tokens)}'
+            )
+        # vLLM: the original Qwen3-Reranker scores yes against no (a 2-way softmax).
+        hf_config.method = FROM_2_WAY_SOFTMAX
     if from_tokens is not None:  # the LLM-as-reranker recipes: labels from LM-head rows
         two_way = getattr(hf_config, "method", None) == FROM_2_WAY_SOFTMAX
         hf_config.num_labels = 1 if two_way else len(from_tokens)
@@ -343,8 +367,7 @@ def describe(cfg: ModelConfig) -> ModelSpec:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a server's log is no terminal
-    override = cfg.override_pooler_config
-    _check_override_keys(override)
+    pooler = read_pooler_config(cfg.override_pooler_config)
 
     root = resolve_model_dir(cfg.model, cfg.revision)
     st: STPipeline | None = None
@@ -356,10 +379,13 @@ def describe(cfg: ModelConfig) -> ModelSpec:
             st = read_st_pipeline(root)
     model_dir = st.transformer_path if st else cross.transformer_path if cross else root
     hf_config = _read_config(model_dir, cfg)
-    task, head = resolve_task(cfg.task, hf_config, st, root, cfg.convert)
+    task, head = resolve_task(
+        _requested_task(cfg, pooler, hf_config), hf_config, st, root, cfg.convert
+    )
+    _check_pooler_applies(pooler, head)
     decoder = st is None and cross is None and is_decoder(hf_config)
     tokenizer = _read_tokenizer(cfg.tokenizer or str(model_dir), cfg, root)
-    weights = _weights_class(head, hf_config, override, decoder)
+    weights = _weights_class(head, hf_config, pooler, decoder)
     from_tokens = from_token_labels(hf_config) if decoder and head == CLASSIFIER else None
     # A decoder keeps its own head (score Linear, LM head) to run after pooling or per
     # token, except a converted *ForCausalLM serving per-token hidden states.
@@ -368,11 +394,22 @@ def describe(cfg: ModelConfig) -> ModelSpec:
     modes = st.pooling_modes if st is not None else ("lasttoken",) if decoder else ("mean",)
     normalize = st.normalize if st is not None else True
     hidden = int(getattr(hf_config, "hidden_size", 0) or getattr(hf_config, "dim", 0))
-    step_tag_id, returned = None, None
+    step_tag_id, returned = None, pooler.returned_token_ids
     if head == TOKENS:
-        step_tag_id, returned = _step_settings(override)
+        # ALL (default): every token's row; STEP: only the rows of step_tag_id tokens
+        # (all rows when it is not given).
+        step_tag_id = pooler.step_tag_id if pooler.tok_pooling == "STEP" else None
     else:
-        modes, normalize = _pooling_from_override(override, modes, normalize)
+        if pooler.seq_pooling is not None:
+            if head == CLASSIFIER and not decoder and pooler.seq_pooling != "cls":
+                # An encoder's *ForSequenceClassification head pools its first token.
+                raise ModelLoadError(
+                    "--pooler-config pooling_type: an encoder classifier's own head pools "
+                    "the first token (CLS); other pooling types do not apply to it"
+                )
+            modes = (pooler.seq_pooling,)
+        if pooler.use_activation is not None and head == EMBEDDING:
+            normalize = pooler.use_activation
     dense = st.dense if st is not None else ()
     dimension = dense[-1].out_features if dense else hidden * len(modes)
     if head == CLASSIFIER:
@@ -402,6 +439,9 @@ def describe(cfg: ModelConfig) -> ModelSpec:
         do_lower_case=st.do_lower_case if st is not None else False,
         chat_template=chat_template,
         auto_truncate=cfg.auto_truncate,
+        prompts=tuple(st.prompts.items()) if st is not None else (),
+        chunked=pooler.chunked,
+        max_embed_len=_max_embed_len(pooler, max_len),
     )
     matryoshka_dims = getattr(hf_config, "matryoshka_dimensions", None)
     info = ModelInfo(
@@ -415,12 +455,14 @@ def describe(cfg: ModelConfig) -> ModelSpec:
         head=head,
         token_tasks=("token_embed",) if head == EMBEDDING else (),
     )
+    if pooler.dimensions is not None:
+        info = dataclasses.replace(info, default_dimensions=_default_dimensions(pooler, info))
     score_activation = None
     if head == TOKENS:
         info = dataclasses.replace(
             info,
             normalize=False,
-            activation=_override_flag(override, ("softmax", "activation"), False),
+            activation=bool(pooler.use_activation),  # vLLM's reward default: raw rows
             token_tasks=("token_classify",),
         )
     elif head == CLASSIFIER:
@@ -434,10 +476,10 @@ def describe(cfg: ModelConfig) -> ModelSpec:
             normalize=False,
             labels=label_names(hf_config),
             multi_label=is_multi_label(hf_config),
-            # A decoder's classifier: vLLM's default activation switch, and token tasks.
-            activation=_override_flag(override, ("activation", "softmax"), True)
-            if decoder
-            else True,
+            activation=pooler.use_activation is not False,
+            logit_mean=pooler.logit_mean,
+            logit_sigma=pooler.logit_sigma,
+            # A decoder's classifier also serves per-token tasks through /pooling.
             token_tasks=("token_embed", "token_classify") if decoder else (),
         )
     return ModelSpec(

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pydantic import StrictBool
 
-from .common import ActivationSwitches, ChatFields, PromptInput, Request, TruncateTokens
+from .common import (
+    ActivationSwitches,
+    ChatFields,
+    PromptInput,
+    Request,
+    TruncateTokens,
+    TruncationSide,
+)
 
 
 class ClassifyRequest(Request, ActivationSwitches, ChatFields):
@@ -12,4 +19,5 @@ class ClassifyRequest(Request, ActivationSwitches, ChatFields):
 
     input: PromptInput | None = None
     truncate_prompt_tokens: TruncateTokens = None
+    truncation_side: TruncationSide = None
     add_special_tokens: StrictBool | None = None

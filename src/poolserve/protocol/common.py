@@ -59,6 +59,9 @@ class ChatFields(BaseModel):
 
 
 TruncateTokens = Annotated[StrictInt | None, Field(ge=-1)]
+# Newest vLLM's truncation_side: with truncation, "right" keeps the first tokens,
+# "left" the last (None: right for text, left for token ids, as older vLLM did).
+TruncationSide = Literal["left", "right"] | None
 PromptInput = StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
 
 

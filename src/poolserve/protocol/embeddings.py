@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import StrictBool, StrictInt, StrictStr
 
 from .common import (
@@ -13,6 +15,7 @@ from .common import (
     PromptInput,
     Request,
     TruncateTokens,
+    TruncationSide,
 )
 
 
@@ -25,7 +28,11 @@ class EmbeddingRequest(Request, ActivationSwitches, ChatFields):
     endianness: Endianness = "native"
     dimensions: StrictInt | None = None
     truncate_prompt_tokens: TruncateTokens = None
+    truncation_side: TruncationSide = None
     add_special_tokens: StrictBool | None = None
+    # Newest vLLM's fields poolserve refuses rather than ignores (serving/prompts.py).
+    padding: Literal["max_length", "do_not_pad"] | None = None
+    late_chunking_params: dict[str, Any] | None = None
 
 
 class PoolingRequest(EmbeddingRequest):

@@ -6,21 +6,36 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, field_validator
 
-from .common import ActivationSwitches, Request, TruncateTokens
+from .common import ActivationSwitches, Request, TruncateTokens, TruncationSide
 
 ScoreTexts = StrictStr | list[StrictStr]
 
 
-class ScoreRequest(Request, ActivationSwitches):
-    """``text_1``/``text_2`` (or the newer ``queries``/``documents``, ``data_1``/``data_2``)."""
+class ScoringFields(BaseModel):
+    """Newest vLLM's scoring fields, shared by /score and /rerank."""
+
+    truncate_prompt_tokens: TruncateTokens = None
+    truncation_side: TruncationSide = None
+    # Each query / document cut to this many tokens (special tokens aside) before it
+    # is paired; 0: not cut.
+    max_tokens_per_query: StrictInt = 0
+    max_tokens_per_doc: StrictInt = 0
+    # For rerankers with a score chat template (none here: a 400 when sent).
+    instruction: StrictStr | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+class ScoreRequest(Request, ActivationSwitches, ScoringFields):
+    """``text_1``/``text_2``, or the newer ``queries`` with ``documents`` or ``items``,
+    or ``data_1``/``data_2``."""
 
     text_1: ScoreTexts | None = None
     text_2: ScoreTexts | None = None
     queries: ScoreTexts | None = None
     documents: ScoreTexts | None = None
+    items: ScoreTexts | None = None
     data_1: ScoreTexts | None = None
     data_2: ScoreTexts | None = None
-    truncate_prompt_tokens: TruncateTokens = None
 
 
 class RerankDocument(BaseModel):
@@ -31,14 +46,13 @@ class RerankDocument(BaseModel):
     text: StrictStr
 
 
-class RerankRequest(Request, ActivationSwitches):
+class RerankRequest(Request, ActivationSwitches, ScoringFields):
     """Jina / Cohere v1 / Cohere v2 rerank: a query and the documents to order."""
 
     query: StrictStr
     documents: list[StrictStr | RerankDocument]
     top_n: StrictInt | None = None
     return_documents: StrictBool = True
-    truncate_prompt_tokens: TruncateTokens = None
 
     @field_validator("documents", mode="before")
     @classmethod

@@ -14,12 +14,13 @@ import numpy as np
 
 from ..errors import InvalidRequest
 from ..models.base import TokenSeq
-from ..models.post import classify_probs
+from ..models.post import calibrate, classify_probs
 from ..protocol.classify import ClassifyRequest
 from ..protocol.embeddings import PoolingRequest
 from .context import (
     ServingContext,
     check_priority,
+    check_window,
     dump_json,
     resolve_switch,
     token_usage,
@@ -53,8 +54,18 @@ async def logits_for(
     """
     if seqs is None:
         seqs = await sequences_for(ctx, req, purpose)
-    outputs = await ctx.engine.submit(seqs)
-    return np.stack(outputs).astype(np.float32, copy=False), usage(seqs)
+    check_window(ctx, seqs, purpose)
+    return await classifier_logits(ctx, seqs), usage(seqs)
+
+
+async def classifier_logits(ctx: ServingContext, seqs: list[TokenSeq]) -> np.ndarray:
+    """The logits ``[n, num_labels]`` of ``seqs``, calibrated by --pooler-config
+    logit_mean / logit_sigma when set (every classifier output goes through here)."""
+    logits = np.stack(await ctx.engine.submit(seqs)).astype(np.float32, copy=False)
+    info = ctx.info
+    if info.logit_mean is None and info.logit_sigma is None:
+        return logits
+    return calibrate(logits, info.logit_mean, info.logit_sigma)
 
 
 async def create_classify(ctx: ServingContext, req: ClassifyRequest, request_id: str) -> bytes:

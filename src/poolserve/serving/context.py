@@ -12,7 +12,7 @@ import orjson
 
 from ..engine import EngineHandle
 from ..errors import InvalidRequest, ModelNotFound, RequestTooLarge
-from ..inputs.processor import InputProcessor
+from ..inputs.processor import InputProcessor, context_error
 from ..metrics import Metrics
 from ..models.base import CLASSIFIER, TOKENS, ModelInfo, TokenSeq
 from .tokenizer_thread import TokenizerThread
@@ -95,6 +95,43 @@ class ServingContext:
                 f"{self.max_client_batch_size} (--max-client-batch-size)",
                 param=param,
             )
+
+
+def check_dimensions(ctx: ServingContext, d: int | None, model: str) -> int | None:
+    """A request's matryoshka ``dimensions`` checked (400s as vLLM words them), else the
+    server's default (--pooler-config dimensions), else None (the full width)."""
+    if d is None:
+        return ctx.info.default_dimensions
+    info = ctx.info
+    if not info.matryoshka:
+        raise InvalidRequest(
+            f'Model "{model}" does not support matryoshka representation, changing output '
+            "dimensions will lead to poor results.",
+            param="dimensions",
+        )
+    if d < 1:
+        raise InvalidRequest(f"dimensions must be at least 1, got {d}", param="dimensions")
+    if info.matryoshka_dimensions and d not in info.matryoshka_dimensions:
+        raise InvalidRequest(
+            f'Model "{model}" only supports {list(info.matryoshka_dimensions)} for matryoshka '
+            f"representation, got {d}",
+            param="dimensions",
+        )
+    if d > info.dimension:
+        raise InvalidRequest(
+            f"dimensions ({d}) is larger than the model's embedding size ({info.dimension})",
+            param="dimensions",
+        )
+    return d
+
+
+def check_window(ctx: ServingContext, seqs: list[TokenSeq], purpose: str) -> None:
+    """400 for an input longer than the model's window: with chunked processing only
+    pooled embeddings are combined over windows, per-token outputs are not."""
+    limit = ctx.info.max_model_len
+    longest = max((len(s) for s in seqs), default=0)
+    if longest > limit:
+        raise context_error(limit, longest, purpose)
 
 
 def check_priority(req: Any) -> None:

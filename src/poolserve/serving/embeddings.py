@@ -10,14 +10,27 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidRequest
 from ..models.base import CLASSIFIER, TOKENS, TokenSeq
-from ..models.post import finish_embeddings
+from ..models.post import combine_windows, finish_embeddings
 from ..protocol.embeddings import EmbeddingRequest, PoolingRequest
 from .classify import pooled_classifier_output
-from .context import ServingContext, check_priority, dump_json, off_loop, resolve_switch, usage
+from .context import (
+    ServingContext,
+    check_dimensions,
+    check_priority,
+    dump_json,
+    off_loop,
+    resolve_switch,
+    usage,
+)
 from .prompts import sequences_for
-from .tokens import PER_TOKEN_TASKS, check_pooling_task, per_token_output, pooled_token_output
+from .tokens import (
+    PER_TOKEN_TASKS,
+    check_pooling_task,
+    per_token_output,
+    pooled_token_output,
+    refuse_dimensions,
+)
 
 
 def _normalize_flag(ctx: ServingContext, req: EmbeddingRequest) -> bool:
@@ -29,33 +42,6 @@ def _normalize_flag(ctx: ServingContext, req: EmbeddingRequest) -> bool:
         rejected=("activation", "softmax"),
         where="embedding models",
     )
-
-
-def _dimensions(ctx: ServingContext, req: EmbeddingRequest, model: str) -> int | None:
-    d = req.dimensions
-    if d is None:
-        return None
-    info = ctx.info
-    if not info.matryoshka:
-        raise InvalidRequest(
-            f'Model "{model}" does not support matryoshka representation, changing output '
-            "dimensions will lead to poor results.",
-            param="dimensions",
-        )
-    if d < 1:
-        raise InvalidRequest(f"dimensions must be at least 1, got {d}", param="dimensions")
-    if info.matryoshka_dimensions and d not in info.matryoshka_dimensions:
-        raise InvalidRequest(
-            f'Model "{model}" only supports {list(info.matryoshka_dimensions)} for matryoshka '
-            f"representation, got {d}",
-            param="dimensions",
-        )
-    if d > info.dimension:
-        raise InvalidRequest(
-            f"dimensions ({d}) is larger than the model's embedding size ({info.dimension})",
-            param="dimensions",
-        )
-    return d
 
 
 async def embed(
@@ -70,14 +56,61 @@ async def embed(
     The one embedding path: the HTTP handlers and the offline API both call it.
     ``seqs``: the inputs already built (the offline API); else from ``req``.
     """
-    dimensions = _dimensions(ctx, req, model)
+    dimensions = check_dimensions(ctx, req.dimensions, model)
     normalize = _normalize_flag(ctx, req)
     check_priority(req)
     if seqs is None:
         seqs = await sequences_for(ctx, req, purpose)
-    outputs = await ctx.engine.submit(seqs)
-    vectors = finish_embeddings(np.stack(outputs), dimensions=dimensions, normalize=normalize)
+    vectors = await embed_sequences(ctx, seqs, dimensions=dimensions, normalize=normalize)
     return vectors, usage(seqs)
+
+
+async def embed_sequences(
+    ctx: ServingContext, seqs: list[TokenSeq], *, dimensions: int | None, normalize: bool
+) -> np.ndarray:
+    """Finished ``[n, dim]`` float32 vectors of ``seqs`` (in order).
+
+    With chunked processing (--pooler-config enable_chunked_processing) an input longer
+    than the model's window is cut into consecutive windows of max_model_len tokens
+    (its token ids as tokenized, special tokens where the tokenizer put them), each
+    window embedded and finished (dimensions, normalization) like an input of its own,
+    and the windows combined by :func:`~poolserve.models.post.combine_windows`, as vLLM
+    does (docs/long-inputs.md).
+    """
+    window = ctx.info.max_model_len
+    if not ctx.processor.rules.chunked or all(len(s) <= window for s in seqs):
+        outputs = await ctx.engine.submit(seqs)
+        return finish_embeddings(np.stack(outputs), dimensions=dimensions, normalize=normalize)
+    windows, owners = split_windows(seqs, window)
+    outputs = await ctx.engine.submit(windows)
+    finished = finish_embeddings(np.stack(outputs), dimensions=dimensions, normalize=normalize)
+    weights = np.array([len(w) for w in windows])
+    return combine_windows(finished, owners, weights, len(seqs), normalize=normalize)
+
+
+def split_windows(seqs: list[TokenSeq], window: int) -> tuple[list[TokenSeq], np.ndarray]:
+    """Each sequence cut into consecutive pieces of at most ``window`` tokens, and the
+    index of the sequence each piece comes from. Only the first piece keeps the
+    sequence's prompt (prompt_len)."""
+    pieces: list[TokenSeq] = []
+    owners: list[int] = []
+    for i, seq in enumerate(seqs):
+        if len(seq) <= window:
+            pieces.append(seq)
+            owners.append(i)
+            continue
+        types = seq.token_type_ids
+        for start in range(0, len(seq), window):
+            end = start + window
+            pieces.append(
+                TokenSeq(
+                    seq.token_ids[start:end],
+                    types[start:end] if types is not None else None,
+                    min(seq.prompt_len, window) if start == 0 else 0,
+                )
+            )
+            owners.append(i)
+    return pieces, np.array(owners, dtype=np.intp)
 
 
 # --- compact outputs: vLLM's base64 / bytes / bytes_only with embed_dtype and endianness --
@@ -240,13 +273,13 @@ async def pooled(
     """What /pooling gives per input for ``req.task`` (default: the served task's): an
     array ``[n, width]``, or a list of ``[num_tokens, width]`` arrays for per-token
     tasks; and usage. ``seqs``: the inputs already built (the offline API)."""
-    if req.dimensions is not None:
-        raise InvalidRequest("dimensions is currently not supported", param="dimensions")
     if ctx.info.head == TOKENS:
+        refuse_dimensions(req, "token_classify")
         return await pooled_token_output(ctx, req, seqs)
     if req.task in PER_TOKEN_TASKS:
-        return await per_token_output(ctx, req, seqs)
+        return await per_token_output(ctx, req, seqs, model)
     if ctx.info.head == CLASSIFIER:
+        refuse_dimensions(req, "classify")
         return await pooled_classifier_output(ctx, req, seqs)
     check_pooling_task(ctx, req.task, "embed")
     return await embed(ctx, req, model, seqs=seqs)

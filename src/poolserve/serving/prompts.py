@@ -16,6 +16,19 @@ async def sequences_for(ctx: ServingContext, req: Any, purpose: str) -> list[Tok
     """Sequences for an embeddings/pooling-shaped request (``input`` xor ``messages``)."""
     if req.messages is not None and req.input is not None:
         raise InvalidRequest("give either `input` or `messages`, not both", param="input")
+    if getattr(req, "padding", None) == "max_length":
+        # vLLM appends pad tokens as prompt tokens (for SigLIP-like models trained with
+        # no attention mask); the text models served here pool under a mask.
+        raise InvalidRequest(
+            "padding 'max_length' is not supported: the models served here use an "
+            "attention mask; send 'do_not_pad' or leave it out",
+            param="padding",
+        )
+    if getattr(req, "late_chunking_params", None) is not None:
+        raise InvalidRequest(
+            "late_chunking_params (late chunking of token_embed outputs) is not supported",
+            param="late_chunking_params",
+        )
     proc = ctx.processor
     if req.messages is not None:
         if not req.messages:
@@ -30,6 +43,7 @@ async def sequences_for(ctx: ServingContext, req: Any, purpose: str) -> list[Tok
             add_special_tokens=bool(req.add_special_tokens),
             truncate_prompt_tokens=req.truncate_prompt_tokens,
             purpose=purpose,
+            truncation_side=req.truncation_side,
         )
         return [seq]
     raw = req.input
@@ -55,13 +69,18 @@ async def sequences_for(ctx: ServingContext, req: Any, purpose: str) -> list[Tok
             add_special_tokens=add_special,
             truncate_prompt_tokens=req.truncate_prompt_tokens,
             purpose=purpose,
+            truncation_side=req.truncation_side,
         )
     assert ids is not None
     if any(not x for x in ids):
         raise InvalidRequest(
             "please provide at least one prompt (an empty token list)", param="input"
         )
-    options = {"truncate_prompt_tokens": req.truncate_prompt_tokens, "purpose": purpose}
+    options = {
+        "truncate_prompt_tokens": req.truncate_prompt_tokens,
+        "purpose": purpose,
+        "truncation_side": req.truncation_side,
+    }
     if sum(map(len, ids)) <= _INLINE_IDS:
         # Token ids skip the tokenizer: a numpy range check, cheaper than a thread hop.
         return proc.from_token_ids(ids, **options)

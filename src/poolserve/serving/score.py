@@ -25,8 +25,9 @@ from ..inputs.pairs import as_list, pair_up
 from ..models.base import TokenSeq
 from ..models.post import cosine_rows
 from ..protocol.score import RerankRequest, ScoreRequest
-from .classify import activation_flag
+from .classify import activation_flag, classifier_logits
 from .context import ServingContext, check_priority, dump_json, token_usage
+from .embeddings import embed_sequences
 
 _PURPOSE = "score"
 
@@ -65,19 +66,35 @@ async def score_pairs(
 
     ``req`` supplies ``truncate_prompt_tokens`` and the activation switches.
     """
+    for name in ("instruction", "chat_template_kwargs"):
+        if getattr(req, name, None) is not None:
+            raise InvalidRequest(
+                f"`{name}` applies to rerankers with a score chat template; this model has none",
+                param=name,
+            )
     firsts, seconds = pair_up(texts_1, texts_2, params=params)
     ctx.check_count(len(seconds), param=params[1])
+    per_query = getattr(req, "max_tokens_per_query", 0)
+    per_doc = getattr(req, "max_tokens_per_doc", 0)
+    if per_query or per_doc:
+        proc = ctx.processor
+        firsts = await ctx.tokenizer.call(
+            proc.clip_texts, firsts, per_query, "max_tokens_per_query"
+        )
+        seconds = await ctx.tokenizer.call(proc.clip_texts, seconds, per_doc, "max_tokens_per_doc")
     truncate = req.truncate_prompt_tokens
+    side = getattr(req, "truncation_side", None)
     if ctx.info.is_cross_encoder:
-        activate = activation_flag(req, where="scoring")
+        activate = activation_flag(req, where="scoring", default=ctx.info.activation)
         seqs = await ctx.tokenizer.call(
             ctx.processor.from_pairs,
             firsts,
             seconds,
             truncate_prompt_tokens=truncate,
             purpose=_PURPOSE,
+            truncation_side=side,
         )
-        logits = np.stack(await ctx.engine.submit(seqs)).astype(np.float32, copy=False)
+        logits = await classifier_logits(ctx, seqs)
         activation = ctx.info.score_activation
         if activate and activation is not None:
             logits = activation(logits)
@@ -91,8 +108,14 @@ async def score_pairs(
             )
     # Each distinct text once: a 1:N request embeds text_1 a single time.
     distinct = list(dict.fromkeys([*firsts, *seconds]))
-    seqs = await ctx.tokenizer.texts(distinct, truncate_prompt_tokens=truncate, purpose=_PURPOSE)
-    vectors = np.stack(await ctx.engine.submit(seqs))
+    seqs = await ctx.tokenizer.texts(
+        distinct, truncate_prompt_tokens=truncate, purpose=_PURPOSE, truncation_side=side
+    )
+    # The vectors /v1/embeddings gives by default (windows combined when chunked).
+    info = ctx.info
+    vectors = await embed_sequences(
+        ctx, seqs, dimensions=info.default_dimensions, normalize=info.normalize
+    )
     row = {text: i for i, text in enumerate(distinct)}
     left = [row[t] for t in firsts]
     right = [row[t] for t in seconds]
@@ -102,7 +125,7 @@ async def score_pairs(
     return Scored(scores, tokens, seqs, rows)
 
 
-def _one_of(req: ScoreRequest, names: tuple[str, str, str]) -> list[str]:
+def _one_of(req: ScoreRequest, names: tuple[str, ...]) -> list[str]:
     given = [(name, getattr(req, name)) for name in names if getattr(req, name) is not None]
     if len(given) > 1:
         raise InvalidRequest(
@@ -119,7 +142,7 @@ async def create_score(ctx: ServingContext, req: ScoreRequest, request_id: str) 
     model = ctx.model_name(req.model)
     check_priority(req)
     texts_1 = _one_of(req, ("text_1", "queries", "data_1"))
-    texts_2 = _one_of(req, ("text_2", "documents", "data_2"))
+    texts_2 = _one_of(req, ("text_2", "documents", "items", "data_2"))
     scores, tokens, *_ = await score_pairs(ctx, req, texts_1, texts_2)
     data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores.tolist())]
     body = {

@@ -23,10 +23,27 @@ from ..errors import InvalidRequest
 from ..models.base import CLASSIFIER, TokenSeq
 from ..models.post import classify_probs, finish_embeddings, softmax
 from ..protocol.embeddings import PoolingRequest
-from .context import ServingContext, check_priority, resolve_switch, usage
+from .context import (
+    ServingContext,
+    check_dimensions,
+    check_priority,
+    check_window,
+    resolve_switch,
+    usage,
+)
 from .prompts import sequences_for
 
 PER_TOKEN_TASKS = ("token_embed", "token_classify")
+
+
+def refuse_dimensions(req: PoolingRequest, task: str) -> None:
+    """400 for ``dimensions`` on a task without matryoshka outputs (vLLM's words)."""
+    if req.dimensions is not None:
+        raise InvalidRequest(
+            f"Task {task!r} only supports ['use_activation'] parameters, does not support "
+            "['dimensions'] parameters",
+            param="dimensions",
+        )
 
 
 def check_pooling_task(ctx: ServingContext, task: str | None, served: str) -> None:
@@ -56,6 +73,7 @@ async def pooled_token_output(
     check_priority(req)
     if seqs is None:
         seqs = await sequences_for(ctx, req, "embedding generation")
+    check_window(ctx, seqs, "embedding generation")
     outputs = await ctx.engine.submit(seqs)
     rows = [np.asarray(o, dtype=np.float32) for o in outputs]
     if activate:
@@ -64,13 +82,22 @@ async def pooled_token_output(
 
 
 async def per_token_output(
-    ctx: ServingContext, req: PoolingRequest, seqs: list[TokenSeq] | None = None
+    ctx: ServingContext,
+    req: PoolingRequest,
+    seqs: list[TokenSeq] | None = None,
+    model: str | None = None,
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """``token_embed`` / ``token_classify`` rows per input (in order), and usage."""
+    """``token_embed`` / ``token_classify`` rows per input (in order), and usage.
+    ``token_embed`` rows are cut to ``dimensions`` (matryoshka) before normalizing."""
     task = req.task
     assert task in PER_TOKEN_TASKS
     check_pooling_task(ctx, task, "classify" if ctx.info.head == CLASSIFIER else "embed")
     check_priority(req)
+    dimensions = None
+    if task == "token_embed":
+        dimensions = check_dimensions(ctx, req.dimensions, model or ctx.served_names[0])
+    else:
+        refuse_dimensions(req, task)
     if task == "token_embed":
         activate = resolve_switch(
             req,
@@ -90,10 +117,11 @@ async def per_token_output(
     mode = "hidden" if task == "token_embed" else "head"
     if seqs is None:
         seqs = await sequences_for(ctx, req, "embedding generation")
+    check_window(ctx, seqs, "embedding generation")
     outputs = await ctx.engine.submit([dataclasses.replace(s, per_token=mode) for s in seqs])
     rows = [np.asarray(o, dtype=np.float32) for o in outputs]
-    if activate and task == "token_embed":
-        rows = [finish_embeddings(r, dimensions=None, normalize=True) for r in rows]
+    if task == "token_embed" and (activate or dimensions is not None):
+        rows = [finish_embeddings(r, dimensions=dimensions, normalize=activate) for r in rows]
     elif activate:
         rows = [classify_probs(r, multi_label=ctx.info.multi_label) for r in rows]
     return rows, usage(seqs)

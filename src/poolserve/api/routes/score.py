@@ -7,7 +7,8 @@ from starlette.responses import Response
 
 from ...protocol.score import RerankRequest, ScoreRequest
 from ...serving import score as serving
-from ..body import parse
+from ..body import parse, read_json, validate
+from . import tei
 from ._common import body_doc, ctx_of, json_bytes, request_id
 
 router = APIRouter()
@@ -27,8 +28,12 @@ async def score(request: Request) -> Response:
 @router.post("/v1/rerank", include_in_schema=False)
 @router.post("/v2/rerank", include_in_schema=False)
 async def rerank(request: Request) -> Response:
-    """Jina / Cohere rerank: `documents` ordered by relevance to `query`."""
-    req = await parse(request, RerankRequest)
+    """Jina / Cohere rerank: `documents` ordered by relevance to `query`; a TEI body
+    (`texts` and no `documents`) gets TEI's answer."""
+    data = await read_json(request)
+    if "texts" in data and "documents" not in data:
+        return await tei.rerank_body(request, data)
+    req = validate(data, RerankRequest)
     return json_bytes(
         await serving.create_rerank(ctx_of(request), req, request_id(request, req.request_id))
     )

@@ -1,0 +1,253 @@
+"""Hugging Face text-embeddings-inference (TEI) answers: /embed, /embed_all, /predict,
+TEI's /rerank, /similarity, /info. (/tokenize and /decode: :mod:`.tei_tokens`.)
+
+Promises (docs/tei.md has the details and where poolserve differs from TEI):
+- each route answers TEI's response shape: bare JSON lists, f32 values;
+- the work goes through the same serving functions as the OpenAI/vLLM routes, so
+  /embed gives /v1/embeddings' vectors, /predict /classify's probabilities, TEI's
+  /rerank the Jina /rerank's scores for the same inputs;
+- a route the served model does not do is TEI's 424 ``Backend`` error.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .. import __version__
+from ..models.base import TokenSeq
+from ..models.post import cosine_rows
+from ..protocol.embeddings import EmbeddingRequest, PoolingRequest
+from ..protocol.score import ScoreRequest
+from ..protocol.tei import (
+    TeiEmbedAllRequest,
+    TeiEmbedRequest,
+    TeiPredictRequest,
+    TeiRerankRequest,
+    TeiSimilarityParameters,
+    TeiSimilarityRequest,
+)
+from .classify import class_probs
+from .context import ServingContext, model_kind, off_loop
+from .embeddings import embed as embed_vectors
+from .score import score_pairs, top_order
+from .tei_inputs import (
+    TeiError,
+    check_batch,
+    empty_error,
+    max_input_length,
+    not_served,
+    pair_sequences,
+    sequences,
+    split_inputs,
+    tei_lengths,
+    wants_truncation,
+)
+from .tokens import per_token_output
+
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+# Bodies of more floats than this are encoded off the event loop (as dump_json does).
+_OFFLOAD_FLOATS = 50_000
+_NOT_EMBEDDING = "Model is not an embedding model"
+
+
+async def dump(value: Any, floats: int = 0) -> bytes:
+    """JSON of any value (numpy included; float32 arrays as float32 numbers)."""
+    if floats > _OFFLOAD_FLOATS:
+        return await off_loop(orjson.dumps, value, option=_NUMPY)
+    return orjson.dumps(value, option=_NUMPY)
+
+
+def _require_embedding(ctx: ServingContext) -> None:
+    if not ctx.enables("Embeddings"):
+        raise not_served(_NOT_EMBEDDING)
+
+
+def _no_nan(scores: np.ndarray) -> None:
+    # TEI refuses to sort NaN scores; so does poolserve, with TEI's answer.
+    if np.isnan(scores).any():
+        raise TeiError("score is NaN", "Backend")
+
+
+async def _vectors(
+    ctx: ServingContext, seqs: list[TokenSeq], *, normalize: bool, dimensions: int | None
+) -> np.ndarray:
+    """Pooled vectors [n, dim] of ``seqs`` through the one embedding path."""
+    req = EmbeddingRequest(normalize=normalize, dimensions=dimensions)
+    vectors, _ = await embed_vectors(ctx, req, ctx.served_names[0], seqs=seqs)
+    return vectors
+
+
+async def embed(ctx: ServingContext, req: TeiEmbedRequest) -> bytes:
+    """POST /embed: ``[[float, ...], ...]``, one row per input (a single input too)."""
+    batch, inputs = split_inputs(req.inputs)
+    if batch:
+        check_batch(ctx, len(inputs))
+    _require_embedding(ctx)  # after the batch checks, in TEI's order
+    dimensions = req.dimensions
+    if dimensions is not None:
+        if dimensions == 0:
+            raise TeiError("Input validation error: `dimensions` should be positive")
+        if dimensions > ctx.info.dimension:
+            raise TeiError(
+                "Input validation error: `dimensions` should be smaller than the maximum "
+                "embedding dimension."
+            )
+        if dimensions == ctx.info.dimension:
+            dimensions = None  # the full width: nothing to cut, any model may ask it
+    seqs = await sequences(
+        ctx, inputs, truncate=req.truncate, side=req.side(), prompt_name=req.prompt_name
+    )
+    vectors = await _vectors(ctx, seqs, normalize=req.normalize, dimensions=dimensions)
+    return await dump(vectors, floats=vectors.size)
+
+
+async def embed_all(ctx: ServingContext, req: TeiEmbedAllRequest) -> bytes:
+    """POST /embed_all: ``[[[float, ...] per token] per input]``: the last hidden
+    states of every token, special tokens included, not normalized (as TEI)."""
+    batch, inputs = split_inputs(req.inputs)
+    if batch:
+        check_batch(ctx, len(inputs))
+    if not ctx.enables("Embeddings") or "token_embed" not in ctx.info.token_tasks:
+        raise not_served(_NOT_EMBEDDING)
+    seqs = await sequences(
+        ctx, inputs, truncate=req.truncate, side=req.side(), prompt_name=req.prompt_name
+    )
+    rows, _ = await per_token_output(ctx, PoolingRequest(task="token_embed", normalize=False), seqs)
+    return await dump(rows, floats=sum(r.size for r in rows))
+
+
+def _label(ctx: ServingContext, i: int) -> str:
+    # TEI needs id2label; transformers names an unnamed label LABEL_i.
+    label = ctx.info.labels[i]
+    return label if label is not None else f"LABEL_{i}"
+
+
+async def predict(ctx: ServingContext, req: TeiPredictRequest) -> bytes:
+    """POST /predict: ``[{score, label}, ...]`` best first for one input, a list of
+    those for a batch. Scores: softmax over the labels (sigmoid for one label, or a
+    multi-label config), the logits with ``raw_scores``."""
+    batch, pairs = req.sequences()
+    if batch:
+        check_batch(ctx, len(pairs))
+    if not ctx.enables("Classification"):
+        raise not_served("Model is not a classifier model")
+    seqs = await pair_sequences(ctx, pairs, truncate=req.truncate, side=req.side())
+    probs, _ = await class_probs(ctx, None, not req.raw_scores, seqs)
+    _no_nan(probs)
+    labels = [_label(ctx, i) for i in range(probs.shape[1])]
+    answers = []
+    for row in probs:
+        order = np.argsort(-row, kind="stable")
+        answers.append([{"score": row[j], "label": labels[j]} for j in order])
+    return await dump(answers if batch else answers[0], floats=probs.size)
+
+
+async def rerank(ctx: ServingContext, req: TeiRerankRequest) -> bytes:
+    """TEI's POST /rerank: ``[{index, text?, score}, ...]`` by descending score.
+
+    A cross-encoder scores each (query, text) pair (its score activation, a sigmoid for
+    most, unless ``raw_scores``); an embedding model answers cosine similarities, as
+    poolserve's Jina-style /rerank does.
+    """
+    if not req.texts:
+        raise TeiError("`texts` cannot be empty", "Empty")
+    if not ctx.enables("Rerank"):
+        raise not_served("model is not a re-ranker model")
+    check_batch(ctx, len(req.texts), "texts")
+    if not req.query and any(not t for t in req.texts):
+        raise empty_error()
+    cross = ctx.info.is_cross_encoder
+    scoring = ScoreRequest(
+        truncate_prompt_tokens=-1 if wants_truncation(ctx, req.truncate) else None,
+        truncation_side=req.side(),
+        activation=False if cross and req.raw_scores else None,
+    )
+    with tei_lengths():
+        scored = await score_pairs(ctx, scoring, [req.query], req.texts, params=("query", "texts"))
+    scores = scored.scores
+    _no_nan(scores)
+    ranks: list[dict[str, Any]] = []
+    for i in top_order(scores, None):
+        item: dict[str, Any] = {"index": i}
+        if req.return_text:
+            item["text"] = req.texts[i]
+        item["score"] = scores[i]
+        ranks.append(item)
+    return await dump(ranks, floats=len(ranks))
+
+
+async def similarity(ctx: ServingContext, req: TeiSimilarityRequest) -> bytes:
+    """POST /similarity: ``[float, ...]``, the cosine similarity of the source
+    sentence with each sentence, in order."""
+    sentences = req.inputs.sentences
+    if not sentences:
+        raise TeiError("`inputs.sentences` cannot be empty", "Empty")
+    check_batch(ctx, len(sentences) + 1)  # TEI counts the source sentence too
+    _require_embedding(ctx)
+    params = req.parameters or TeiSimilarityParameters()
+    texts: list[str | list[int]] = [req.inputs.source_sentence, *sentences]
+    seqs = await sequences(
+        ctx, texts, truncate=params.truncate, side=params.side(), prompt_name=params.prompt_name
+    )
+    vectors = await _vectors(ctx, seqs, normalize=False, dimensions=None)
+    source = np.repeat(vectors[:1], len(sentences), axis=0)
+    return await dump(cosine_rows(source, vectors[1:]), floats=len(sentences))
+
+
+# TEI's pooling names (its Pool enum) for poolserve's sentence-transformers modes.
+_POOLING_NAMES = {"lasttoken": "last_token"}
+
+
+@functools.lru_cache(maxsize=8)
+def _pooling(path: str) -> str:
+    """The pooling of the model at ``path`` as TEI names it ("mean" when unknown)."""
+    from ..models.st_config import is_sentence_transformers_folder, read_st_pipeline
+
+    try:
+        root = Path(path)
+        if not is_sentence_transformers_folder(root):
+            return "mean"
+        modes = read_st_pipeline(root).pooling_modes
+    except Exception:  # the model loaded; /info must not fail on a config corner
+        return "mean"
+    return "+".join(_POOLING_NAMES.get(m, m) for m in modes)
+
+
+def _model_type(ctx: ServingContext) -> dict[str, Any]:
+    kind = model_kind(ctx.info)
+    if kind in ("classifier", "cross-encoder"):
+        id2label = {str(i): _label(ctx, i) for i in range(ctx.info.num_labels)}
+        label2id = {label: int(i) for i, label in id2label.items()}
+        key = "classifier" if kind == "classifier" else "reranker"
+        return {key: {"id2label": id2label, "label2id": label2id}}
+    if kind == "tokens":  # a reward model: no TEI kind; its rows are per token
+        return {"embedding": {"pooling": "none"}}
+    return {"embedding": {"pooling": _pooling(ctx.info.path)}}
+
+
+def info(ctx: ServingContext) -> dict[str, Any]:
+    """GET /info: TEI's ``Info`` object, filled with this server's values."""
+    engine = ctx.engine
+    name = ctx.served_names[0]
+    return {
+        "model_id": name,
+        "model_sha": None,
+        "model_dtype": ctx.info.dtype,
+        "served_model_name": name,
+        "model_type": _model_type(ctx),
+        "max_concurrent_requests": engine.max_queued_requests,
+        "max_input_length": max_input_length(ctx),
+        "max_batch_tokens": getattr(engine, "max_num_batched_tokens", None),
+        "max_batch_requests": getattr(engine, "max_num_seqs", None),
+        "max_client_batch_size": ctx.max_client_batch_size,
+        "auto_truncate": ctx.processor.rules.auto_truncate,
+        "tokenization_workers": 1,  # one tokenizer thread per front-end process
+        "version": __version__,
+        "sha": None,
+        "docker_label": None,
+    }

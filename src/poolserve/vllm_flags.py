@@ -1,0 +1,79 @@
+"""vLLM launch-line compatibility for ``poolserve serve``.
+
+Launch lines copied from vLLM's docs must start poolserve unchanged. Two things make
+that work besides the flags poolserve shares with vLLM (config.py):
+
+- vLLM's parser takes ``--hf_overrides`` for ``--hf-overrides`` (underscores in a flag's
+  name are dashes); :func:`dashed` does the same before parsing;
+- flags that tune machinery poolserve does not have (CUDA graphs, GPU memory planning,
+  tensor parallelism over GPUs, the KV cache, prefix caching, stats logging) are
+  accepted and logged as having no effect, because none of them changes an output.
+  ``--tensor-parallel-size`` above 1 is refused: it asks for a model split over devices,
+  which poolserve does not do (``--data-parallel-size`` runs copies instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from .errors import PoolserveError
+
+log = logging.getLogger("poolserve")
+
+# (flag, takes a value, why it has no effect here)
+_NO_EFFECT: tuple[tuple[str, bool, str], ...] = (
+    ("--enforce-eager", False, "poolserve captures no CUDA graphs"),
+    ("--gpu-memory-utilization", True, "poolserve plans no KV-cache memory"),
+    ("--kv-cache-dtype", True, "pooling models keep no KV cache"),
+    ("--block-size", True, "pooling models keep no KV cache"),
+    ("--swap-space", True, "pooling models keep no KV cache"),
+    ("--enable-prefix-caching", False, "pooling models keep no KV cache"),
+    ("--no-enable-prefix-caching", False, "pooling models keep no KV cache"),
+    ("--disable-log-stats", False, "poolserve logs no periodic stats (see /metrics)"),
+    ("--seed", True, "pooling has no sampling"),
+    ("--trust-request-chat-template", False, "requests' chat templates are always allowed"),
+)
+_TP = "--tensor-parallel-size"
+
+
+def dashed(argv: Sequence[str]) -> list[str]:
+    """``argv`` with underscores in long flag names turned into dashes, as vLLM's parser
+    reads them: ``--hf_overrides X`` is ``--hf-overrides X``. Only the name up to a dot
+    changes (``--pooler_config.pooling_type`` keeps its key); values are untouched."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and not arg.startswith("---"):
+            name, eq, value = arg.partition("=")
+            flag, dot, key = name.partition(".")
+            arg = flag.replace("_", "-") + dot + key + eq + value
+        out.append(arg)
+    return out
+
+
+def add_vllm_engine_flags(cmd: argparse.ArgumentParser) -> None:
+    """The vLLM flags accepted with no effect (see the module docstring)."""
+    group = cmd.add_argument_group(
+        "vLLM engine flags accepted for launch-line compatibility (no effect here)"
+    )
+    group.add_argument(_TP, "-tp", type=int, default=1, help="Only 1 (no model splitting).")
+    for flag, takes_value, why in _NO_EFFECT:
+        dest = "vllm_" + flag.lstrip("-").replace("-", "_")
+        if takes_value:
+            group.add_argument(flag, dest=dest, default=None, help=f"No effect: {why}.")
+        else:
+            group.add_argument(flag, dest=dest, action="store_true", help=f"No effect: {why}.")
+
+
+def check_vllm_engine_flags(args: argparse.Namespace) -> None:
+    """Refuse tensor parallelism; log each no-effect flag given, with why."""
+    if getattr(args, "tensor_parallel_size", 1) != 1:
+        raise PoolserveError(
+            f"{_TP} {args.tensor_parallel_size}: poolserve does not split a model over "
+            "devices; use --data-parallel-size N for N copies of it"
+        )
+    for flag, _, why in _NO_EFFECT:
+        value = getattr(args, "vllm_" + flag.lstrip("-").replace("-", "_"), None)
+        if value not in (None, False):
+            log.info("%s has no effect: %s", flag, why)
