@@ -135,3 +135,17 @@ def test_refused_newest_fields_are_400(default_url: str, field: str, value: Any)
         assert_error(resp, 400, contains=field, param=field)
     ok = post(default_url, "/v1/embeddings", {"input": "hello", "padding": "do_not_pad"})
     assert ok.status_code == 200
+
+
+def test_an_explicit_no_truncation_beats_auto_truncate() -> None:
+    from tests.conftest import make_context, serve_in_thread
+
+    long = " ".join(["word"] * 400)
+    with serve_in_thread(make_context(None, auto_truncate=True)) as url:
+        assert post(url, "/v1/embeddings", {"input": long}).status_code == 200
+        cohere = post(url, "/v2/embed", {"texts": [long], "truncate": "NONE"})
+        assert_error(cohere, 400, contains="maximum context length")
+        assert post(url, "/v2/embed", {"texts": [long]}).status_code == 200  # END
+        tei = post(url, "/embed", {"inputs": long, "truncate": False})
+        assert tei.status_code == 422 and tei.json()["error_type"] == "Validation"
+        assert post(url, "/embed", {"inputs": long}).status_code == 200

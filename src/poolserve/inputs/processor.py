@@ -151,14 +151,19 @@ class InputProcessor:
             )
         return prompt
 
-    def truncation_length(self, truncate_prompt_tokens: int | None) -> int | None:
+    def truncation_length(
+        self, truncate_prompt_tokens: int | None, auto_truncate: bool | None = None
+    ) -> int | None:
         """The k to truncate to, or None for no truncation; validates k.
 
         The limit is max_model_len, or with chunked processing max_embed_len (none when
-        unset: -1 and --auto-truncate then cut nothing)."""
+        unset: -1 and --auto-truncate then cut nothing). ``auto_truncate``: what no
+        ``truncate_prompt_tokens`` means — None: the server's --auto-truncate; False: no
+        truncation (a client that asked for none, as Cohere's truncate=NONE)."""
         limit = self.rules.max_input_len
         if truncate_prompt_tokens is None:
-            return limit if self.rules.auto_truncate else None
+            auto = self.rules.auto_truncate if auto_truncate is None else auto_truncate
+            return limit if auto else None
         if truncate_prompt_tokens == -1:
             return limit
         if truncate_prompt_tokens < 1:
@@ -192,6 +197,7 @@ class InputProcessor:
         use_prompt: bool = True,
         prompt_name: str | None = None,
         truncation_side: str | None = None,
+        auto_truncate: bool | None = None,
     ) -> list[TokenSeq]:
         """Tokenize plain texts with a prompt prepended: the one named ``prompt_name``,
         else the model's default prompt (when ``use_prompt``).
@@ -201,7 +207,7 @@ class InputProcessor:
         truncation keeps them.
         """
         side = _side(truncation_side)
-        k = self.truncation_length(truncate_prompt_tokens)
+        k = self.truncation_length(truncate_prompt_tokens, auto_truncate)
         prompt = self.prompt_text(prompt_name, use_prompt)
         batch = [prompt + t if prompt else t for t in texts]
         if self.rules.do_lower_case:
@@ -415,6 +421,7 @@ class InputProcessor:
         truncate_prompt_tokens: int | None = None,
         purpose: str = "score",
         truncation_side: str | None = None,
+        auto_truncate: bool | None = None,
     ) -> list[TokenSeq]:
         """Tokenize text pairs as one sequence each (``[CLS] a [SEP] b [SEP]`` for BERT,
         ``<s> a </s></s> b </s>`` for XLM-R), with token_type_ids where the model uses them.
@@ -427,7 +434,7 @@ class InputProcessor:
         if len(firsts) != len(seconds):
             raise ValueError("firsts and seconds must have the same length")
         side = _side(truncation_side)
-        k = self.truncation_length(truncate_prompt_tokens)
+        k = self.truncation_length(truncate_prompt_tokens, auto_truncate)
         if k is not None:
             specials = self.tokenizer.num_special_tokens_to_add(pair=True)
             if k < specials:
@@ -465,12 +472,13 @@ class InputProcessor:
         truncate_prompt_tokens: int | None = None,
         purpose: str = "embedding generation",
         truncation_side: str | None = None,
+        auto_truncate: bool | None = None,
     ) -> list[TokenSeq]:
         """Validate pre-tokenized inputs (no tokenizer involved: numpy range checks);
         truncation keeps the *last* k ids (as vLLM always did for ids), or the first k
         with ``truncation_side`` "right"."""
         keep_first = _side(truncation_side or "left") == "right"
-        k = self.truncation_length(truncate_prompt_tokens)
+        k = self.truncation_length(truncate_prompt_tokens, auto_truncate)
         vocab = self.rules.vocab_size
         out = []
         for ids in ids_lists:

@@ -183,6 +183,7 @@ async def create_embed(
             purpose="embedding generation",
             prompt_name=prompt_name,
             truncation_side=side,
+            auto_truncate=False if k is None else None,  # NONE: never cut, whatever the server
         )
         if req.max_tokens is not None and k is None:  # NONE: refuse, never cut
             _refuse_over(seqs, req.max_tokens)

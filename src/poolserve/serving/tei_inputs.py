@@ -153,6 +153,7 @@ async def sequences(
                 purpose=purpose,
                 prompt_name=prompt_name,
                 truncation_side=side,
+                auto_truncate=cut,
             )
             for i, seq in zip(text_at, seqs, strict=True):
                 out[i] = seq
@@ -164,7 +165,9 @@ async def sequences(
                 if cut and len(ids) > limit:
                     ids = ids[-limit:] if side == "left" else ids[:limit]
                 lists.append(ids)
-            seqs = await ctx.tokenizer.call(ctx.processor.from_token_ids, lists, purpose=purpose)
+            seqs = await ctx.tokenizer.call(
+                ctx.processor.from_token_ids, lists, purpose=purpose, auto_truncate=False
+            )
             for i, seq in zip(ids_at, seqs, strict=True):
                 out[i] = seq
     return [s for s in out if s is not None]
@@ -202,6 +205,7 @@ async def pair_sequences(
                 truncate_prompt_tokens=-1 if cut else None,
                 purpose=purpose,
                 truncation_side=side,
+                auto_truncate=cut,
             )
         for i, seq in zip(pair_at, seqs, strict=True):
             out[i] = seq
