@@ -111,6 +111,31 @@ def test_vllm_only_flags_are_accepted_or_refused_by_name() -> None:
         cli.check_vllm_engine_flags(cli.parse_args(["serve", "m", "--tensor-parallel-size", "2"]))
     dotted = cli.parse_args(["serve", "m", "--pooler_config.pooling_type", "CLS"])
     assert cli.config_from(dotted).model.override_pooler_config == {"pooling_type": "CLS"}
+    # vLLM's other value names, and flags that have no effect here.
+    for argv, dtype, task in (
+        (["--dtype", "half"], "float16", "auto"),
+        (["--dtype=float"], "float32", "auto"),
+        (["--task", "embedding"], "auto", "embed"),
+    ):
+        model = cli.config_from(cli.parse_args(["serve", "m", *argv])).model
+        assert (model.dtype, model.task) == (dtype, task)
+    quiet = ["--model-impl", "transformers", "--load-format", "auto", "--generation-config",
+             "vllm", "--enable-chunked-prefill", "--max-logprobs", "0",
+             "--disable-uvicorn-access-log", "--tokenizer-mode", "hf"]  # fmt: skip
+    cli.check_vllm_engine_flags(cli.parse_args(["serve", "m", *quiet]))
+    with pytest.raises(PoolserveError, match="--tokenizer-mode mistral"):
+        cli.check_vllm_engine_flags(cli.parse_args(["serve", "m", "--tokenizer-mode", "mistral"]))
+
+
+def test_download_dir_and_hf_token_set_the_hub_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    args = cli.parse_args(["serve", "m", "--download-dir", str(tmp_path), "--hf-token", "hf_x"])
+    cli.check_vllm_engine_flags(args)
+    assert os.environ["HF_HUB_CACHE"] == str(tmp_path)
+    assert os.environ["HF_TOKEN"] == "hf_x"
 
 
 def _free_port() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from pathlib import Path
 
 from ..errors import ModelLoadError
@@ -63,7 +64,16 @@ def resolve_model_dir(model: str | None, revision: str | None = None) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id=model, revision=revision))
+        # Read now, not at huggingface_hub's import: vLLM's --download-dir / --hf-token
+        # set them after it may have been imported (poolserve/vllm_flags.py).
+        return Path(
+            snapshot_download(
+                repo_id=model,
+                revision=revision,
+                cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+                token=os.environ.get("HF_TOKEN") or None,
+            )
+        )
     except Exception as exc:  # the hub raises many types; the user needs one line
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(
