@@ -48,7 +48,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``tiny(kind, **kwargs) -> Path``; kind is "encoder", "st", "cross" or "decoder".
+    """``tiny(kind, **kwargs) -> Path``; kind is "encoder", "st", "cross", "decoder" or
+    "sparse" (a SPLADE SparseEncoder folder).
 
     Cached per args."""
     cache: dict[str, Path] = {}
@@ -57,6 +58,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         "st": tiny_models.build_st_folder,
         "cross": tiny_models.build_cross_encoder,
         "decoder": tiny_models.build_decoder,
+        "sparse": tiny_models.build_sparse_folder,
     }
 
     def build(kind: str, *args: Any, **kwargs: Any) -> Path:

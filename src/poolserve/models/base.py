@@ -76,6 +76,7 @@ Activation = Callable[[np.ndarray], np.ndarray]
 EMBEDDING = "embedding"  # the backend returns pooled vectors
 CLASSIFIER = "classifier"  # the backend returns *ForSequenceClassification logits
 TOKENS = "tokens"  # the backend returns per-token rows [num_tokens, dimension] (reward)
+SPARSE = "sparse"  # the backend returns SPLADE weights, one per vocabulary entry
 
 
 @dataclass(frozen=True)

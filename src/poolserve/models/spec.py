@@ -12,6 +12,7 @@ input rules. Backends (``poolserve.backends``) build a runnable model from a
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,12 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import ModelLoadError
-from .base import CLASSIFIER, EMBEDDING, TOKENS, InputRules, ModelInfo
+from .base import CLASSIFIER, EMBEDDING, SPARSE, TOKENS, InputRules, ModelInfo
 from .heads import is_multi_label, label_names, num_labels, resolve_score_activation
+from .pooler_config import KEYS as POOLER_KEYS
 from .pooler_config import PoolerSettings, read_pooler_config, refuse_keys
 from .resolve import resolve_model_dir
+from .sparse import SparseFolder, read_sparse_folder
 from .st_config import (
     CrossEncoderFolder,
     DenseSpec,
@@ -53,6 +56,7 @@ _NO_LIMIT = 1_000_000  # tokenizers write ~1e30 as "no limit"
 BASE = "AutoModel"
 SEQUENCE_CLASSIFICATION = "AutoModelForSequenceClassification"
 CAUSAL_LM = "AutoModelForCausalLM"
+MASKED_LM = "AutoModelForMaskedLM"
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class ModelSpec:
     decoder_head: bool = False
     # A cross-encoder's score activation as a dotted class path (see heads.py).
     score_activation: str | None = None
+    # A SPLADE model's activation before pooling (relu | log1p_relu; see sparse.py).
+    sparse_activation: str | None = None
     trust_remote_code: bool = False
 
     @property
@@ -322,6 +328,67 @@ def _default_dimensions(pooler: PoolerSettings, info: ModelInfo) -> int:
     return d
 
 
+def _uses_token_types(hf_config: Any, tokenizer: Any) -> bool:
+    type_vocab = getattr(hf_config, "type_vocab_size", 0) or 0
+    return type_vocab > 1 and "token_type_ids" in getattr(
+        tokenizer, "model_input_names", ["token_type_ids"]
+    )
+
+
+def _describe_sparse(
+    cfg: ModelConfig, root: Path, sparse: SparseFolder, pooler: PoolerSettings
+) -> ModelSpec:
+    """The spec of a SPLADE folder: an embed model whose vectors have one weight per
+    vocabulary entry (models/sparse.py), run by the torch backend."""
+    if cfg.task not in ("auto", "embed") or pooler.task not in (None, "embed"):
+        raise ModelLoadError(f"{root} is a sparse (SPLADE) model: it serves the embed task only")
+    switches = ("task", "use_activation", "normalize", "softmax", "activation")
+    refuse_keys(pooler, tuple(k for k in POOLER_KEYS if k not in switches), "sparse models")
+    hf_config = _read_config(sparse.transformer_path, cfg)
+    tokenizer = _read_tokenizer(cfg.tokenizer or str(sparse.transformer_path), cfg, root)
+    max_len = max_model_len(hf_config, tokenizer, None, cfg.max_model_len)
+    bert_config = sparse.transformer_path / "sentence_bert_config.json"
+    if cfg.max_model_len is None and bert_config.is_file():
+        max_len = min(
+            max_len, int(json.loads(bert_config.read_text()).get("max_seq_length") or max_len)
+        )
+    vocab = int(hf_config.vocab_size)
+    st_path = root / "config_sentence_transformers.json"
+    st_config = json.loads(st_path.read_text()) if st_path.is_file() else {}
+    prompts = {str(k): str(v) for k, v in (st_config.get("prompts") or {}).items()}
+    rules = InputRules(
+        max_model_len=max_len,
+        vocab_size=vocab,
+        uses_token_type_ids=_uses_token_types(hf_config, tokenizer),
+        default_prompt=prompts.get(st_config.get("default_prompt_name") or "") or None,
+        chat_template=cfg.chat_template,
+        auto_truncate=cfg.auto_truncate,
+        prompts=tuple(prompts.items()),
+    )
+    info = ModelInfo(
+        path=str(root),
+        task="embed",
+        max_model_len=max_len,
+        dimension=vocab,
+        normalize=bool(pooler.use_activation),  # SPLADE weights are not normalized
+        head=SPARSE,
+    )
+    return ModelSpec(
+        root=root,
+        model_dir=sparse.transformer_path,
+        hf_config=hf_config,
+        tokenizer=tokenizer,
+        info=info,
+        rules=rules,
+        decoder=False,
+        weights=MASKED_LM,
+        pooling_modes=(sparse.pooling,),
+        pad_token_id=int(getattr(tokenizer, "pad_token_id", None) or 0),
+        sparse_activation=sparse.activation,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+
+
 def _read_config(model_dir: Path, cfg: ModelConfig) -> Any:
     from transformers import AutoConfig
 
@@ -373,6 +440,8 @@ def describe(cfg: ModelConfig) -> ModelSpec:
     st: STPipeline | None = None
     cross: CrossEncoderFolder | None = None
     if is_sentence_transformers_folder(root):
+        if st_model_type(root) == "SparseEncoder":
+            return _describe_sparse(cfg, root, read_sparse_folder(root), pooler)
         if st_model_type(root) == "CrossEncoder":
             cross = read_cross_encoder_folder(root)
         else:
@@ -422,10 +491,7 @@ def describe(cfg: ModelConfig) -> ModelSpec:
         else:
             dimension = hidden
 
-    type_vocab = getattr(hf_config, "type_vocab_size", 0) or 0
-    uses_types = type_vocab > 1 and "token_type_ids" in getattr(
-        tokenizer, "model_input_names", ["token_type_ids"]
-    )
+    uses_types = _uses_token_types(hf_config, tokenizer)
     max_len = max_model_len(hf_config, tokenizer, st, cfg.max_model_len)
     chat_template = cfg.chat_template
     if chat_template is not None and Path(chat_template).is_file():

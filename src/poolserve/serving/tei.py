@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from .. import __version__
-from ..models.base import TokenSeq
+from ..models.base import SPARSE, TokenSeq
 from ..models.post import cosine_rows
 from ..protocol.embeddings import EmbeddingRequest, PoolingRequest
 from ..protocol.score import ScoreRequest
@@ -104,6 +104,25 @@ async def embed(ctx: ServingContext, req: TeiEmbedRequest) -> bytes:
     )
     vectors = await _vectors(ctx, seqs, normalize=req.normalize, dimensions=dimensions)
     return await dump(vectors, floats=vectors.size)
+
+
+async def embed_sparse(ctx: ServingContext, req: TeiEmbedAllRequest) -> bytes:
+    """POST /embed_sparse: ``[[{"index": token_id, "value": weight}, ...], ...]``, the
+    non-zero SPLADE weights of each input by vocabulary id (a sparse model only)."""
+    batch, inputs = split_inputs(req.inputs)
+    if batch:
+        check_batch(ctx, len(inputs))
+    if ctx.info.head != SPARSE:
+        raise not_served("Model is not an embedding model with SPLADE pooling")
+    seqs = await sequences(
+        ctx, inputs, truncate=req.truncate, side=req.side(), prompt_name=req.prompt_name
+    )
+    vectors = await _vectors(ctx, seqs, normalize=False, dimensions=None)
+    rows = []
+    for row in vectors:
+        (ids,) = np.nonzero(row)
+        rows.append([{"index": int(i), "value": float(row[i])} for i in ids])
+    return await dump(rows, floats=sum(len(r) for r in rows))
 
 
 async def embed_all(ctx: ServingContext, req: TeiEmbedAllRequest) -> bytes:
@@ -227,6 +246,8 @@ def _model_type(ctx: ServingContext) -> dict[str, Any]:
         return {key: {"id2label": id2label, "label2id": label2id}}
     if kind == "tokens":  # a reward model: no TEI kind; its rows are per token
         return {"embedding": {"pooling": "none"}}
+    if kind == "sparse":  # TEI names SPLADE pooling "splade"
+        return {"embedding": {"pooling": "splade"}}
     return {"embedding": {"pooling": _pooling(ctx.info.path)}}
 
 

@@ -38,7 +38,6 @@ from ...protocol.tei import (
 from ...serving import tei as serving
 from ...serving import tei_tokens
 from ...serving.context import model_kind
-from ...serving.tei_inputs import not_served
 from ..body import read_json, validate
 from ._common import body_doc, ctx_of
 from .ops import health
@@ -164,13 +163,16 @@ async def decode(request: Request) -> Response:
     return await answer(request, work)
 
 
-@router.post("/embed_sparse", include_in_schema=False)
+@router.post("/embed_sparse", openapi_extra=body_doc(TeiEmbedAllRequest))
 async def embed_sparse(request: Request) -> Response:
-    """TEI's sparse (SPLADE) embeddings: poolserve serves no SPLADE model, so this is
-    TEI's answer for any other model."""
+    """TEI: sparse (SPLADE) weights by vocabulary id, for a SPLADE model; TEI's 424
+    for any other model."""
+    ctx = ctx_of(request)
 
     async def work() -> bytes:
-        raise not_served("Model is not an embedding model with SPLADE pooling")
+        return await serving.embed_sparse(
+            ctx, validate(await read_json(request), TeiEmbedAllRequest)
+        )
 
     return await answer(request, work)
 

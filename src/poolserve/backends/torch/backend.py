@@ -12,6 +12,7 @@ head as the post-pooling module): the last real token comes from the attention m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -209,3 +210,47 @@ class TorchTokenBackend(TorchBackend):
         if self.step_tag_id is not None:
             keep &= inputs["input_ids"] == self.step_tag_id
         return [out[row, keep[row]].cpu().numpy() for row in range(out.size(0))]
+
+
+class TorchSparseBackend(TorchBackend):
+    """A SPLADE model (``*ForMaskedLM``): one weight per vocabulary entry per sequence.
+
+    ``log(1 + relu(logit))`` (``log1p_relu``: log1p once more) of every real token's
+    vocabulary logits, pooled over the tokens by max or sum (models/sparse.py), as
+    sentence-transformers' SpladePooling. The vocabulary logits are the big tensor
+    (rows x tokens x vocabulary), so the batch runs in slices of about
+    ``logit_budget`` floats.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        pooling: str,
+        activation: str,
+        logit_budget: int = 1 << 25,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.pooling = pooling
+        self.activation = activation
+        self.logit_budget = logit_budget
+        self.vocab = int(getattr(model.config, "vocab_size"))  # noqa: B009 (a Module attr)
+
+    @torch.inference_mode()
+    def forward(self, batch: Batch) -> np.ndarray:
+        """float32 ``[len(batch), vocab_size]``, rows in batch order."""
+        seqs = list(batch.sequences)
+        width = max(len(s) for s in seqs)
+        step = max(1, self.logit_budget // max(1, width * self.vocab))
+        rows = [self._pooled(Batch(seqs[i : i + step])) for i in range(0, len(seqs), step)]
+        return np.concatenate(rows)
+
+    def _pooled(self, batch: Batch) -> np.ndarray:
+        inputs = self._tensors(batch)
+        weights = torch.log1p(torch.relu(self.model(**inputs).logits.float()))
+        if self.activation == "log1p_relu":
+            weights = torch.log1p(weights)
+        weights = weights * inputs["attention_mask"].unsqueeze(-1).to(weights.dtype)
+        pooled = weights.amax(dim=1) if self.pooling == "max" else weights.sum(dim=1)
+        return pooled.cpu().numpy()

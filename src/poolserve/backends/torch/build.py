@@ -14,13 +14,14 @@ import torch
 
 from ...config import ModelConfig
 from ...errors import ModelLoadError
-from ...models.base import CLASSIFIER, TOKENS
+from ...models.base import CLASSIFIER, SPARSE, TOKENS
 from ...models.spec import ModelSpec
 from .. import Runnable
 from .backend import (
     TorchBackend,
     TorchClassifierBackend,
     TorchEmbeddingBackend,
+    TorchSparseBackend,
     TorchTokenBackend,
 )
 from .decoder import head_from_tokens, split_model
@@ -92,6 +93,16 @@ def _backend(
     elif cfg.onednn_linear and device.type == "cpu" and dtype == torch.float32:
         model = accelerate_cpu_fp32(model, _probe(spec.tokenizer, spec.rules.uses_token_type_ids))
     pad_id = spec.pad_token_id
+    if spec.head == SPARSE:
+        assert spec.sparse_activation is not None
+        return TorchSparseBackend(
+            model,
+            pooling=spec.pooling_modes[0],
+            activation=spec.sparse_activation,
+            pad_token_id=pad_id,
+            uses_token_type_ids=spec.rules.uses_token_type_ids,
+            device=device,
+        )
     if spec.head == TOKENS:
         return TorchTokenBackend(
             model,
