@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import ModelConfig
 from ..errors import ModelLoadError
+from .base import CLASSIFIER, EMBEDDING, ModelInfo
 
 SEQ_POOLING = {"CLS": "cls", "MEAN": "mean", "LAST": "lasttoken", "MAX": "max"}
 TOK_POOLING = ("ALL", "STEP")
@@ -189,3 +191,99 @@ def refuse_keys(settings: PoolerSettings, keys: tuple[str, ...], where: str) -> 
     for key in keys:
         if key in settings.keys:
             raise _fail(key, f"does not apply to {where}")
+
+
+# -- applying the settings to a described model (models/spec.py calls these) ----------
+
+
+def requested_task(cfg: ModelConfig, pooler: PoolerSettings, causal_lm: bool) -> str:
+    """--task, or --pooler-config task when --task is auto; they must agree when both given."""
+    if pooler.task is None:
+        if (
+            cfg.task == "auto"
+            and cfg.convert == "auto"
+            and pooler.tok_pooling is not None
+            and causal_lm
+        ):
+            return "reward"  # per-token pooling (ALL / STEP) of a causal LM: a reward model
+        return cfg.task
+    if cfg.task not in ("auto", pooler.task) and not (
+        cfg.task == "score" and pooler.task == "classify"  # a cross-encoder, either way
+    ):
+        raise ModelLoadError(
+            f"--pooler-config task asks for {pooler.task!r} but --task is {cfg.task!r}"
+        )
+    return pooler.task if cfg.task == "auto" else cfg.task
+
+
+# --pooler-config keys that only some heads use; the others refuse them by name.
+_EMBEDDING_ONLY = ("dimensions", "enable_chunked_processing", "max_embed_len")
+_CLASSIFIER_ONLY = ("logit_mean", "logit_sigma")
+_TOKENS_ONLY = ("tok_pooling_type", "step_tag_id")
+
+
+def check_applies(pooler: PoolerSettings, head: str) -> None:
+    """Refuse --pooler-config keys the served head does not use (none is ignored)."""
+    if head == EMBEDDING:
+        refuse_keys(
+            pooler, (*_CLASSIFIER_ONLY, *_TOKENS_ONLY, "returned_token_ids"), "embedding models"
+        )
+        if pooler.tok_pooling is not None:
+            raise ModelLoadError(
+                f"--pooler-config pooling_type {pooler.tok_pooling} is per-token pooling, "
+                "which does not apply to embedding models (per-token vectors: /pooling with "
+                'task "token_embed"); use CLS, MEAN, LAST or MAX'
+            )
+    elif head == CLASSIFIER:
+        refuse_keys(pooler, (*_EMBEDDING_ONLY, *_TOKENS_ONLY, "returned_token_ids"), "classifiers")
+        if pooler.tok_pooling is not None:
+            raise ModelLoadError(
+                f"--pooler-config pooling_type {pooler.tok_pooling} does not apply to "
+                "classifiers; use CLS, MEAN or LAST"
+            )
+    else:
+        refuse_keys(
+            pooler, (*_EMBEDDING_ONLY, *_CLASSIFIER_ONLY, "seq_pooling_type"), "reward models"
+        )
+        if pooler.seq_pooling is not None:
+            raise ModelLoadError(
+                "--pooler-config pooling_type: reward models pool per token; use ALL or STEP"
+            )
+        if pooler.step_tag_id is not None and pooler.tok_pooling != "STEP":
+            raise ModelLoadError(
+                '--pooler-config step_tag_id needs pooling_type "STEP" (ALL returns every row)'
+            )
+
+
+def checked_max_embed_len(pooler: PoolerSettings, max_len: int) -> int | None:
+    """--pooler-config max_embed_len, checked against the model's window."""
+    cap = pooler.max_embed_len
+    if cap is not None and not pooler.chunked and cap > max_len:
+        raise ModelLoadError(
+            f"--pooler-config max_embed_len ({cap}) is over the model's max_model_len "
+            f"({max_len}); inputs longer than the model's window need "
+            "enable_chunked_processing: true"
+        )
+    return cap
+
+
+def default_dimensions(pooler: PoolerSettings, info: ModelInfo) -> int:
+    """--pooler-config dimensions, checked as a request's ``dimensions`` would be."""
+    d = pooler.dimensions
+    assert d is not None
+    if not info.matryoshka:
+        raise ModelLoadError(
+            f"--pooler-config dimensions {d}: the model does not support matryoshka "
+            "representation (config.json has no is_matryoshka / matryoshka_dimensions)"
+        )
+    if d > info.dimension:
+        raise ModelLoadError(
+            f"--pooler-config dimensions {d} is larger than the model's embedding size "
+            f"({info.dimension})"
+        )
+    if info.matryoshka_dimensions and d not in info.matryoshka_dimensions:
+        raise ModelLoadError(
+            f"--pooler-config dimensions {d}: the model only supports "
+            f"{list(info.matryoshka_dimensions)}"
+        )
+    return d

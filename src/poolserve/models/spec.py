@@ -23,7 +23,15 @@ from ..errors import ModelLoadError
 from .base import CLASSIFIER, EMBEDDING, SPARSE, TOKENS, InputRules, ModelInfo
 from .heads import is_multi_label, label_names, num_labels, resolve_score_activation
 from .pooler_config import KEYS as POOLER_KEYS
-from .pooler_config import PoolerSettings, read_pooler_config, refuse_keys
+from .pooler_config import (
+    PoolerSettings,
+    check_applies,
+    checked_max_embed_len,
+    default_dimensions,
+    read_pooler_config,
+    refuse_keys,
+    requested_task,
+)
 from .resolve import resolve_model_dir
 from .sparse import SparseFolder, read_sparse_folder
 from .st_config import (
@@ -234,100 +242,6 @@ def _weights_class(head: str, hf_config: Any, pooler: PoolerSettings, decoder: b
     return BASE
 
 
-def _requested_task(cfg: ModelConfig, pooler: PoolerSettings, hf_config: Any) -> str:
-    """--task, or --pooler-config task when --task is auto; they must agree when both given."""
-    if pooler.task is None:
-        if (
-            cfg.task == "auto"
-            and cfg.convert == "auto"
-            and pooler.tok_pooling is not None
-            and is_decoder(hf_config)
-            and not has_seq_cls_arch(hf_config)
-        ):
-            return "reward"  # per-token pooling (ALL / STEP) of a causal LM: a reward model
-        return cfg.task
-    if cfg.task not in ("auto", pooler.task) and not (
-        cfg.task == "score" and pooler.task == "classify"  # a cross-encoder, either way
-    ):
-        raise ModelLoadError(
-            f"--pooler-config task asks for {pooler.task!r} but --task is {cfg.task!r}"
-        )
-    return pooler.task if cfg.task == "auto" else cfg.task
-
-
-# --pooler-config keys that only some heads use; the others refuse them by name.
-_EMBEDDING_ONLY = ("dimensions", "enable_chunked_processing", "max_embed_len")
-_CLASSIFIER_ONLY = ("logit_mean", "logit_sigma")
-_TOKENS_ONLY = ("tok_pooling_type", "step_tag_id")
-
-
-def _check_pooler_applies(pooler: PoolerSettings, head: str) -> None:
-    """Refuse --pooler-config keys the served head does not use (none is ignored)."""
-    if head == EMBEDDING:
-        refuse_keys(
-            pooler, (*_CLASSIFIER_ONLY, *_TOKENS_ONLY, "returned_token_ids"), "embedding models"
-        )
-        if pooler.tok_pooling is not None:
-            raise ModelLoadError(
-                f"--pooler-config pooling_type {pooler.tok_pooling} is per-token pooling, "
-                "which does not apply to embedding models (per-token vectors: /pooling with "
-                'task "token_embed"); use CLS, MEAN, LAST or MAX'
-            )
-    elif head == CLASSIFIER:
-        refuse_keys(pooler, (*_EMBEDDING_ONLY, *_TOKENS_ONLY, "returned_token_ids"), "classifiers")
-        if pooler.tok_pooling is not None:
-            raise ModelLoadError(
-                f"--pooler-config pooling_type {pooler.tok_pooling} does not apply to "
-                "classifiers; use CLS, MEAN or LAST"
-            )
-    else:
-        refuse_keys(
-            pooler, (*_EMBEDDING_ONLY, *_CLASSIFIER_ONLY, "seq_pooling_type"), "reward models"
-        )
-        if pooler.seq_pooling is not None:
-            raise ModelLoadError(
-                "--pooler-config pooling_type: reward models pool per token; use ALL or STEP"
-            )
-        if pooler.step_tag_id is not None and pooler.tok_pooling != "STEP":
-            raise ModelLoadError(
-                '--pooler-config step_tag_id needs pooling_type "STEP" (ALL returns every row)'
-            )
-
-
-def _max_embed_len(pooler: PoolerSettings, max_len: int) -> int | None:
-    """--pooler-config max_embed_len, checked against the model's window."""
-    cap = pooler.max_embed_len
-    if cap is not None and not pooler.chunked and cap > max_len:
-        raise ModelLoadError(
-            f"--pooler-config max_embed_len ({cap}) is over the model's max_model_len "
-            f"({max_len}); inputs longer than the model's window need "
-            "enable_chunked_processing: true"
-        )
-    return cap
-
-
-def _default_dimensions(pooler: PoolerSettings, info: ModelInfo) -> int:
-    """--pooler-config dimensions, checked as a request's ``dimensions`` would be."""
-    d = pooler.dimensions
-    assert d is not None
-    if not info.matryoshka:
-        raise ModelLoadError(
-            f"--pooler-config dimensions {d}: the model does not support matryoshka "
-            "representation (config.json has no is_matryoshka / matryoshka_dimensions)"
-        )
-    if d > info.dimension:
-        raise ModelLoadError(
-            f"--pooler-config dimensions {d} is larger than the model's embedding size "
-            f"({info.dimension})"
-        )
-    if info.matryoshka_dimensions and d not in info.matryoshka_dimensions:
-        raise ModelLoadError(
-            f"--pooler-config dimensions {d}: the model only supports "
-            f"{list(info.matryoshka_dimensions)}"
-        )
-    return d
-
-
 def _uses_token_types(hf_config: Any, tokenizer: Any) -> bool:
     type_vocab = getattr(hf_config, "type_vocab_size", 0) or 0
     return type_vocab > 1 and "token_type_ids" in getattr(
@@ -449,9 +363,13 @@ def describe(cfg: ModelConfig) -> ModelSpec:
     model_dir = st.transformer_path if st else cross.transformer_path if cross else root
     hf_config = _read_config(model_dir, cfg)
     task, head = resolve_task(
-        _requested_task(cfg, pooler, hf_config), hf_config, st, root, cfg.convert
+        requested_task(cfg, pooler, is_decoder(hf_config) and not has_seq_cls_arch(hf_config)),
+        hf_config,
+        st,
+        root,
+        cfg.convert,
     )
-    _check_pooler_applies(pooler, head)
+    check_applies(pooler, head)
     decoder = st is None and cross is None and is_decoder(hf_config)
     tokenizer = _read_tokenizer(cfg.tokenizer or str(model_dir), cfg, root)
     weights = _weights_class(head, hf_config, pooler, decoder)
@@ -507,7 +425,7 @@ def describe(cfg: ModelConfig) -> ModelSpec:
         auto_truncate=cfg.auto_truncate,
         prompts=tuple(st.prompts.items()) if st is not None else (),
         chunked=pooler.chunked,
-        max_embed_len=_max_embed_len(pooler, max_len),
+        max_embed_len=checked_max_embed_len(pooler, max_len),
     )
     matryoshka_dims = getattr(hf_config, "matryoshka_dimensions", None)
     info = ModelInfo(
@@ -522,7 +440,7 @@ def describe(cfg: ModelConfig) -> ModelSpec:
         token_tasks=("token_embed",) if head == EMBEDDING else (),
     )
     if pooler.dimensions is not None:
-        info = dataclasses.replace(info, default_dimensions=_default_dimensions(pooler, info))
+        info = dataclasses.replace(info, default_dimensions=default_dimensions(pooler, info))
     score_activation = None
     if head == TOKENS:
         info = dataclasses.replace(
