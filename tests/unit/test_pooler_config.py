@@ -107,11 +107,25 @@ def test_dimensions_becomes_the_default_output_size(mrl_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("dims", "match"), [(12, r"only supports \[8, 16\]"), (4096, "larger than the model")]
+    ("listed", "dims", "match"),
+    [(True, 12, r"only supports \[8, 16\]"), (False, 4096, "larger than the model")],
 )
-def test_bad_default_dimensions_are_refused(mrl_dir: Path, dims: int, match: str) -> None:
+def test_bad_default_dimensions_are_refused(
+    mrl_dir: Path, tmp_path: Path, listed: bool, dims: int, match: str
+) -> None:
+    path = mrl_dir
+    if not listed:  # is_matryoshka with no listed sizes: any width up to the model's
+        import json
+        import shutil
+
+        path = tmp_path / "model"
+        shutil.copytree(mrl_dir, path)
+        config = json.loads((path / "config.json").read_text())
+        config.pop("matryoshka_dimensions")
+        config["is_matryoshka"] = True
+        (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=match):
-        _model(mrl_dir, dimensions=dims)
+        _model(path, dimensions=dims)
 
 
 def test_use_activation_false_turns_normalization_off(tiny: Callable[..., Path]) -> None:

@@ -585,8 +585,11 @@ class InputProcessor:
         with self._lock:
             return [str(t) for t in self.tokenizer.convert_ids_to_tokens(list(ids))]
 
-    def detokenize(self, ids: Sequence[int]) -> str:
-        """Decode ids (checked against the tokenizer's vocabulary) to text."""
+    def detokenize(
+        self, ids: Sequence[int], *, skip_special_tokens: bool = False, raw: bool = False
+    ) -> str:
+        """Decode ids (checked against the tokenizer's vocabulary) to text; ``raw``: as
+        the Rust tokenizer decodes them, without transformers' space clean-up (TEI's)."""
         size = len(self.tokenizer)
         bad = next((t for t in ids if t < 0 or t >= size), None)
         if bad is not None:
@@ -594,5 +597,8 @@ class InputProcessor:
                 f"token id {bad} is out of the vocabulary (valid ids are 0..{size - 1})",
                 param="tokens",
             )
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
         with self._lock:
-            return str(self.tokenizer.decode(list(ids)))
+            if raw and backend is not None:
+                return str(backend.decode(list(ids), skip_special_tokens=skip_special_tokens))
+            return str(self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))

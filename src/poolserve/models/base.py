@@ -104,6 +104,8 @@ class ModelInfo:
     # classifier: what /score applies to the logits (sentence-transformers' choice)
     score_activation: Activation | None = None
     activation: bool = True
+    # the pooling modes (sentence-transformers' names: mean, cls, lasttoken, max, ...)
+    pooling: tuple[str, ...] = ("mean",)
     # --pooler-config dimensions: the output size when a request sends no ``dimensions``
     default_dimensions: int | None = None
     # --pooler-config logit_mean / logit_sigma: a classifier's logits become
@@ -112,6 +114,25 @@ class ModelInfo:
     logit_sigma: float | None = None
     # /pooling ``task`` values beyond the served one: token_embed, token_classify
     token_tasks: tuple[str, ...] = ()
+
+    def dimensions_problem(self, d: int, model: str) -> str | None:
+        """Why ``d`` matryoshka dimensions cannot be served (vLLM's words), or None.
+        The one rule for a request's ``dimensions`` and --pooler-config's."""
+        if not self.matryoshka:
+            return (
+                f'Model "{model}" does not support matryoshka representation, changing '
+                "output dimensions will lead to poor results."
+            )
+        if d < 1:
+            return f"dimensions must be at least 1, got {d}"
+        if self.matryoshka_dimensions and d not in self.matryoshka_dimensions:
+            return (
+                f'Model "{model}" only supports {list(self.matryoshka_dimensions)} for '
+                f"matryoshka representation, got {d}"
+            )
+        if d > self.dimension:
+            return f"dimensions ({d}) is larger than the model's embedding size ({self.dimension})"
+        return None
 
     @property
     def num_labels(self) -> int:

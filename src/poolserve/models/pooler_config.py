@@ -268,22 +268,10 @@ def checked_max_embed_len(pooler: PoolerSettings, max_len: int) -> int | None:
 
 
 def default_dimensions(pooler: PoolerSettings, info: ModelInfo) -> int:
-    """--pooler-config dimensions, checked as a request's ``dimensions`` would be."""
+    """--pooler-config dimensions, checked by the rule a request's ``dimensions`` meets."""
     d = pooler.dimensions
     assert d is not None
-    if not info.matryoshka:
-        raise ModelLoadError(
-            f"--pooler-config dimensions {d}: the model does not support matryoshka "
-            "representation (config.json has no is_matryoshka / matryoshka_dimensions)"
-        )
-    if d > info.dimension:
-        raise ModelLoadError(
-            f"--pooler-config dimensions {d} is larger than the model's embedding size "
-            f"({info.dimension})"
-        )
-    if info.matryoshka_dimensions and d not in info.matryoshka_dimensions:
-        raise ModelLoadError(
-            f"--pooler-config dimensions {d}: the model only supports "
-            f"{list(info.matryoshka_dimensions)}"
-        )
+    problem = info.dimensions_problem(d, info.path)
+    if problem is not None:
+        raise ModelLoadError(f"--pooler-config dimensions {d}: {problem}")
     return d

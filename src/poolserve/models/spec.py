@@ -286,6 +286,7 @@ def _describe_sparse(
         dimension=vocab,
         normalize=bool(pooler.use_activation),  # SPLADE weights are not normalized
         head=SPARSE,
+        pooling=(sparse.pooling,),
     )
     return ModelSpec(
         root=root,
@@ -437,6 +438,7 @@ def describe(cfg: ModelConfig) -> ModelSpec:
         matryoshka=bool(getattr(hf_config, "is_matryoshka", False) or matryoshka_dims),
         matryoshka_dimensions=tuple(matryoshka_dims) if matryoshka_dims else None,
         head=head,
+        pooling=modes,
         token_tasks=("token_embed",) if head == EMBEDDING else (),
     )
     if pooler.dimensions is not None:

@@ -20,7 +20,6 @@ from ..protocol.embeddings import PoolingRequest
 from .context import (
     ServingContext,
     check_priority,
-    check_window,
     dump_json,
     resolve_switch,
     token_usage,
@@ -54,7 +53,6 @@ async def logits_for(
     """
     if seqs is None:
         seqs = await sequences_for(ctx, req, purpose)
-    check_window(ctx, seqs, purpose)
     return await classifier_logits(ctx, seqs), usage(seqs)
 
 

@@ -105,32 +105,17 @@ def check_dimensions(ctx: ServingContext, d: int | None, model: str) -> int | No
     server's default (--pooler-config dimensions), else None (the full width)."""
     if d is None:
         return ctx.info.default_dimensions
-    info = ctx.info
-    if not info.matryoshka:
-        raise InvalidRequest(
-            f'Model "{model}" does not support matryoshka representation, changing output '
-            "dimensions will lead to poor results.",
-            param="dimensions",
-        )
-    if d < 1:
-        raise InvalidRequest(f"dimensions must be at least 1, got {d}", param="dimensions")
-    if info.matryoshka_dimensions and d not in info.matryoshka_dimensions:
-        raise InvalidRequest(
-            f'Model "{model}" only supports {list(info.matryoshka_dimensions)} for matryoshka '
-            f"representation, got {d}",
-            param="dimensions",
-        )
-    if d > info.dimension:
-        raise InvalidRequest(
-            f"dimensions ({d}) is larger than the model's embedding size ({info.dimension})",
-            param="dimensions",
-        )
+    problem = ctx.info.dimensions_problem(d, model)
+    if problem is not None:
+        raise InvalidRequest(problem, param="dimensions")
     return d
 
 
 def check_window(ctx: ServingContext, seqs: list[TokenSeq], purpose: str) -> None:
     """400 for an input longer than the model's window: with chunked processing only
     pooled embeddings are combined over windows, per-token outputs are not."""
+    if not ctx.processor.rules.chunked:
+        return  # the input processor already held every input to the window
     limit = ctx.info.max_model_len
     longest = max((len(s) for s in seqs), default=0)
     if longest > limit:
@@ -166,8 +151,9 @@ async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-async def dump_json(body: dict[str, Any], floats: int = 0) -> bytes:
-    """orjson with numpy support; large bodies are encoded off the event loop."""
+async def dump_json(body: Any, floats: int = 0) -> bytes:
+    """orjson of any JSON value, numpy arrays included; large bodies (over
+    _OFFLOAD_FLOATS floats) are encoded off the event loop."""
     opts = orjson.OPT_SERIALIZE_NUMPY
     if floats > _OFFLOAD_FLOATS:
         return await off_loop(orjson.dumps, body, option=opts)

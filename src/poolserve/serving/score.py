@@ -72,16 +72,16 @@ async def score_pairs(
                 f"`{name}` applies to rerankers with a score chat template; this model has none",
                 param=name,
             )
-    firsts, seconds = pair_up(texts_1, texts_2, params=params)
-    ctx.check_count(len(seconds), param=params[1])
+    ctx.check_count(len(texts_2), param=params[1])  # one pair per texts_2 item
     per_query = getattr(req, "max_tokens_per_query", 0)
     per_doc = getattr(req, "max_tokens_per_doc", 0)
-    if per_query or per_doc:
+    if per_query or per_doc:  # each given text once, before a 1:N query is repeated
         proc = ctx.processor
-        firsts = await ctx.tokenizer.call(
-            proc.clip_texts, firsts, per_query, "max_tokens_per_query"
+        texts_1 = await ctx.tokenizer.call(
+            proc.clip_texts, texts_1, per_query, "max_tokens_per_query"
         )
-        seconds = await ctx.tokenizer.call(proc.clip_texts, seconds, per_doc, "max_tokens_per_doc")
+        texts_2 = await ctx.tokenizer.call(proc.clip_texts, texts_2, per_doc, "max_tokens_per_doc")
+    firsts, seconds = pair_up(texts_1, texts_2, params=params)
     truncate = req.truncate_prompt_tokens
     side = getattr(req, "truncation_side", None)
     if ctx.info.is_cross_encoder:

@@ -11,12 +11,9 @@ Promises (docs/tei.md has the details and where poolserve differs from TEI):
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from .. import __version__
 from ..models.base import SPARSE, TokenSeq
@@ -32,7 +29,7 @@ from ..protocol.tei import (
     TeiSimilarityRequest,
 )
 from .classify import class_probs
-from .context import ServingContext, model_kind, off_loop
+from .context import ServingContext, dump_json, model_kind
 from .embeddings import embed as embed_vectors
 from .score import score_pairs, top_order
 from .tei_inputs import (
@@ -49,17 +46,7 @@ from .tei_inputs import (
 )
 from .tokens import per_token_output
 
-_NUMPY = orjson.OPT_SERIALIZE_NUMPY
-# Bodies of more floats than this are encoded off the event loop (as dump_json does).
-_OFFLOAD_FLOATS = 50_000
 _NOT_EMBEDDING = "Model is not an embedding model"
-
-
-async def dump(value: Any, floats: int = 0) -> bytes:
-    """JSON of any value (numpy included; float32 arrays as float32 numbers)."""
-    if floats > _OFFLOAD_FLOATS:
-        return await off_loop(orjson.dumps, value, option=_NUMPY)
-    return orjson.dumps(value, option=_NUMPY)
 
 
 def _require_embedding(ctx: ServingContext) -> None:
@@ -103,7 +90,7 @@ async def embed(ctx: ServingContext, req: TeiEmbedRequest) -> bytes:
         ctx, inputs, truncate=req.truncate, side=req.side(), prompt_name=req.prompt_name
     )
     vectors = await _vectors(ctx, seqs, normalize=req.normalize, dimensions=dimensions)
-    return await dump(vectors, floats=vectors.size)
+    return await dump_json(vectors, floats=vectors.size)
 
 
 async def embed_sparse(ctx: ServingContext, req: TeiEmbedAllRequest) -> bytes:
@@ -122,7 +109,7 @@ async def embed_sparse(ctx: ServingContext, req: TeiEmbedAllRequest) -> bytes:
     for row in vectors:
         (ids,) = np.nonzero(row)
         rows.append([{"index": int(i), "value": float(row[i])} for i in ids])
-    return await dump(rows, floats=sum(len(r) for r in rows))
+    return await dump_json(rows, floats=sum(len(r) for r in rows))
 
 
 async def embed_all(ctx: ServingContext, req: TeiEmbedAllRequest) -> bytes:
@@ -137,7 +124,7 @@ async def embed_all(ctx: ServingContext, req: TeiEmbedAllRequest) -> bytes:
         ctx, inputs, truncate=req.truncate, side=req.side(), prompt_name=req.prompt_name
     )
     rows, _ = await per_token_output(ctx, PoolingRequest(task="token_embed", normalize=False), seqs)
-    return await dump(rows, floats=sum(r.size for r in rows))
+    return await dump_json(rows, floats=sum(r.size for r in rows))
 
 
 def _label(ctx: ServingContext, i: int) -> str:
@@ -163,7 +150,7 @@ async def predict(ctx: ServingContext, req: TeiPredictRequest) -> bytes:
     for row in probs:
         order = np.argsort(-row, kind="stable")
         answers.append([{"score": row[j], "label": labels[j]} for j in order])
-    return await dump(answers if batch else answers[0], floats=probs.size)
+    return await dump_json(answers if batch else answers[0], floats=probs.size)
 
 
 async def rerank(ctx: ServingContext, req: TeiRerankRequest) -> bytes:
@@ -197,7 +184,7 @@ async def rerank(ctx: ServingContext, req: TeiRerankRequest) -> bytes:
             item["text"] = req.texts[i]
         item["score"] = scores[i]
         ranks.append(item)
-    return await dump(ranks, floats=len(ranks))
+    return await dump_json(ranks, floats=len(ranks))
 
 
 async def similarity(ctx: ServingContext, req: TeiSimilarityRequest) -> bytes:
@@ -215,26 +202,11 @@ async def similarity(ctx: ServingContext, req: TeiSimilarityRequest) -> bytes:
     )
     vectors = await _vectors(ctx, seqs, normalize=False, dimensions=None)
     source = np.repeat(vectors[:1], len(sentences), axis=0)
-    return await dump(cosine_rows(source, vectors[1:]), floats=len(sentences))
+    return await dump_json(cosine_rows(source, vectors[1:]), floats=len(sentences))
 
 
 # TEI's pooling names (its Pool enum) for poolserve's sentence-transformers modes.
 _POOLING_NAMES = {"lasttoken": "last_token"}
-
-
-@functools.lru_cache(maxsize=8)
-def _pooling(path: str) -> str:
-    """The pooling of the model at ``path`` as TEI names it ("mean" when unknown)."""
-    from ..models.st_config import is_sentence_transformers_folder, read_st_pipeline
-
-    try:
-        root = Path(path)
-        if not is_sentence_transformers_folder(root):
-            return "mean"
-        modes = read_st_pipeline(root).pooling_modes
-    except Exception:  # the model loaded; /info must not fail on a config corner
-        return "mean"
-    return "+".join(_POOLING_NAMES.get(m, m) for m in modes)
 
 
 def _model_type(ctx: ServingContext) -> dict[str, Any]:
@@ -248,7 +220,8 @@ def _model_type(ctx: ServingContext) -> dict[str, Any]:
         return {"embedding": {"pooling": "none"}}
     if kind == "sparse":  # TEI names SPLADE pooling "splade"
         return {"embedding": {"pooling": "splade"}}
-    return {"embedding": {"pooling": _pooling(ctx.info.path)}}
+    pooling = "+".join(_POOLING_NAMES.get(m, m) for m in ctx.info.pooling)
+    return {"embedding": {"pooling": pooling}}
 
 
 def info(ctx: ServingContext) -> dict[str, Any]:

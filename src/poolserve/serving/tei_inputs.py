@@ -111,15 +111,6 @@ def split_inputs(inputs: Any) -> tuple[bool, list[str | list[int]]]:
     return True, list(inputs)
 
 
-def _decode_plain(ctx: ServingContext, ids: list[int]) -> str:
-    """``ids`` as text without special tokens (TEI's way of prompting token ids)."""
-    tok = ctx.processor.tokenizer
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is not None:
-        return str(backend.decode(ids, skip_special_tokens=True))
-    return str(tok.decode(ids, skip_special_tokens=True))
-
-
 async def sequences(
     ctx: ServingContext,
     inputs: list[str | list[int]],
@@ -141,7 +132,9 @@ async def sequences(
     if prompt_name is not None:
         for i, item in enumerate(inputs):
             if not isinstance(item, str):
-                inputs[i] = await ctx.tokenizer.call(_decode_plain, ctx, item)
+                inputs[i] = await ctx.tokenizer.call(
+                    ctx.processor.detokenize, item, skip_special_tokens=True, raw=True
+                )
     text_at = [i for i, x in enumerate(inputs) if isinstance(x, str)]
     ids_at = [i for i, x in enumerate(inputs) if not isinstance(x, str)]
     out: list[TokenSeq | None] = [None] * len(inputs)

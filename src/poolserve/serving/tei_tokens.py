@@ -16,8 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..protocol.tei import TeiDecodeRequest, TeiTokenizeRequest
-from .context import ServingContext
-from .tei import dump
+from .context import ServingContext, dump_json
 from .tei_inputs import TeiError, check_batch, empty_error, max_input_length
 
 # TEI refuses an input over this many characters per token of the max length.
@@ -94,26 +93,7 @@ async def tokenize(ctx: ServingContext, req: TeiTokenizeRequest) -> bytes:
     tokens = await ctx.tokenizer.call(
         token_objects, ctx.processor.tokenizer, texts, req.add_special_tokens
     )
-    return await dump(tokens)
-
-
-def decode_ids(tokenizer: Any, lists: list[list[int]], skip_special_tokens: bool) -> list[str]:
-    """Each id list as text; an id outside the vocabulary is a 422."""
-    size = len(tokenizer)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    out = []
-    for ids in lists:
-        bad = next((t for t in ids if t >= size), None)
-        if bad is not None:
-            raise TeiError(
-                f"Input validation error: token id {bad} is out of the vocabulary "
-                f"(valid ids are 0..{size - 1})"
-            )
-        if backend is not None:
-            out.append(str(backend.decode(ids, skip_special_tokens=skip_special_tokens)))
-        else:
-            out.append(str(tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)))
-    return out
+    return await dump_json(tokens)
 
 
 async def decode(ctx: ServingContext, req: TeiDecodeRequest) -> bytes:
@@ -123,7 +103,9 @@ async def decode(ctx: ServingContext, req: TeiDecodeRequest) -> bytes:
         check_batch(ctx, len(lists), "ids")
     if any(not ids for ids in lists):
         raise empty_error("input_ids")
+    proc = ctx.processor
+    skip = req.skip_special_tokens
     texts = await ctx.tokenizer.call(
-        decode_ids, ctx.processor.tokenizer, lists, req.skip_special_tokens
+        lambda: [proc.detokenize(ids, skip_special_tokens=skip, raw=True) for ids in lists]
     )
-    return await dump(texts)
+    return await dump_json(texts)

@@ -73,7 +73,6 @@ async def pooled_token_output(
     check_priority(req)
     if seqs is None:
         seqs = await sequences_for(ctx, req, "embedding generation")
-    check_window(ctx, seqs, "embedding generation")
     outputs = await ctx.engine.submit(seqs)
     rows = [np.asarray(o, dtype=np.float32) for o in outputs]
     if activate:
