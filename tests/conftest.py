@@ -27,7 +27,8 @@ from poolserve.config import Config, EngineConfig, ModelConfig, ServerConfig
 from poolserve.errors import ModelLoadError
 from poolserve.runtime import build_context
 from poolserve.serving.context import ServingContext
-from tests.fixtures import cluster, tiny_models
+from poolserve.serving.router import ServedModels
+from tests.fixtures import cluster, several, tiny_models
 
 # Converted models (OpenVINO IR) go to a cache of this run, never the user's.
 os.environ.setdefault("POOLSERVE_CACHE_DIR", tempfile.mkdtemp(prefix="poolserve-cache-"))
@@ -111,11 +112,15 @@ CONFIGS: dict[int, Config] = {}
 
 
 @contextlib.contextmanager
-def serve_in_thread(ctx: ServingContext, server: ServerConfig | None = None) -> Iterator[str]:
-    """Run the app for ``ctx`` under uvicorn on a free loopback port; yield its base URL.
+def serve_in_thread(
+    ctx: ServingContext | ServedModels, server: ServerConfig | None = None
+) -> Iterator[str]:
+    """Run the app for ``ctx`` (one model, or several) under uvicorn on a free loopback
+    port; yield its base URL.
 
     Under POOLSERVE_TEST_CLUSTER (tests/fixtures/cluster.py) the same Config is served
-    by a multi-process server instead.
+    by a multi-process server instead; under POOLSERVE_TEST_MODELS=several
+    (tests/fixtures/several.py) beside three companion models.
     """
     if cluster.MODE and id(ctx) in CONFIGS:
         with serve_cluster(CONFIGS[id(ctx)], server) as url:
@@ -127,7 +132,10 @@ def serve_in_thread(ctx: ServingContext, server: ServerConfig | None = None) -> 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = int(sock.getsockname()[1])
-    app = create_app(ctx, server)
+    served: ServingContext | ServedModels = ctx
+    if several.MODE and isinstance(ctx, ServingContext):
+        served = ServedModels([ctx, *several.companions(ctx)])
+    app = create_app(served, server)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -12,7 +12,7 @@ import threading
 import types
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, config_file
 from .config import Config, EngineConfig, ModelConfig, ServerConfig
 from .errors import ModelLoadError, PoolserveError
 from .flags import add_dataclass_flags, config_from, expand_dotted
@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(serve_cmd, ModelConfig, "model")
     add_dataclass_flags(serve_cmd, EngineConfig, "engine")
     add_dataclass_flags(serve_cmd, ServerConfig, "server")
+    serve_cmd.add_argument(
+        "--config",
+        dest="config_file",
+        metavar="FILE.yaml",
+        help="Flags from a YAML file (vLLM's --config); a top-level `models:` list serves "
+        "several models in one server, routed by each request's `model` (docs/models.md).",
+    )
     _add_ray_serve_flags(serve_cmd)  # Ray Serve scale-out (poolserve/scale/ray_serve.py)
     add_vllm_engine_flags(serve_cmd)
     serve_cmd.set_defaults(handler=_serve_command)
@@ -85,8 +92,16 @@ def _add_ray_serve_flags(cmd: argparse.ArgumentParser) -> None:
 def _serve_command(args: argparse.Namespace) -> int:
     """``poolserve serve``: uvicorn, or Ray Serve replicas with ``--ray-serve`` (only then
     is poolserve.scale, and so ray, imported)."""
-    check_vllm_engine_flags(args)
+    listed: list[argparse.Namespace] | None = getattr(args, "models_args", None)
+    for each in listed or [args]:
+        check_vllm_engine_flags(each)
     config = config_from(args)
+    models = [config_from(each) for each in listed] if listed is not None else None
+    if models is not None and args.ray_serve:
+        raise PoolserveError(
+            "--ray-serve serves one model per application; a --config file listing "
+            "`models:` runs in one server process"
+        )
     if not args.ray_serve:
         given = [
             flag
@@ -100,7 +115,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         ]
         if given:
             raise PoolserveError(f"{', '.join(given)} need --ray-serve")
-        return serve(config)
+        return serve(config, models)
     from .scale.ray_serve import RayServeOptions, serve_on_ray
 
     level = config.server.uvicorn_log_level.upper()
@@ -125,8 +140,10 @@ def _stopped_on_purpose(signum: int, frame: types.FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def serve(config: Config) -> int:
-    """Load the model, then run uvicorn until SIGINT/SIGTERM (then exit 0, as vLLM)."""
+def serve(config: Config, models: list[Config] | None = None) -> int:
+    """Load the model (or each of ``models``, one server routing by ``model``: their
+    server settings are ``config``'s), then run uvicorn until SIGINT/SIGTERM (then exit
+    0, as vLLM)."""
     import uvicorn
 
     from .api.app import create_app
@@ -142,11 +159,14 @@ def serve(config: Config) -> int:
     )
     if config.server.disable_log_requests:
         logging.getLogger("poolserve.access").setLevel(logging.WARNING)
-    fronts, engines = cluster_sizes(config, gpu=config.model.device != "cpu" and gpu_visible())
+    if models is not None:
+        # Each model's engine in its own process: no GIL shared between models.
+        return run_cluster(config, config.server.api_server_count or 1, _engines(models), models)
+    gpu = config.model.device != "cpu" and gpu_visible()
+    fronts, engines = cluster_sizes(config, gpu=gpu)
     if fronts > 1 or engines > 1:
         return run_cluster(config, fronts, engines)
-    ctx = build_context(config)
-    app = create_app(ctx, config.server)
+    app = create_app(build_context(config), config.server)
     if threading.current_thread() is threading.main_thread():
         # uvicorn shuts down gracefully on these signals, then re-raises the signal to
         # the handler it found, so by default the process would die *by* the signal.
@@ -169,16 +189,51 @@ def serve(config: Config) -> int:
     return 0
 
 
+def _engines(models: list[Config]) -> int:
+    """Engine processes per model of a models file: --data-parallel-size, which must be
+    the same for every model (give it on the command line or the file's top level)."""
+    sizes = {max(1, each.engine.data_parallel_size) for each in models}
+    if len(sizes) > 1:
+        raise PoolserveError(
+            "--data-parallel-size differs between the models; give it on the command line "
+            "or at the top of the --config file"
+        )
+    return sizes.pop()
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line (default: ``sys.argv[1:]``) parsed, with vLLM's dotted JSON
-    flags (``--pooler-config.pooling_type MEAN``) merged first; exits 2 on a bad one."""
+    """The command line (default: ``sys.argv[1:]``) parsed, with ``serve --config FILE``
+    read in (config_file.py) and vLLM's dotted JSON flags (``--pooler-config.pooling_type
+    MEAN``) merged first; exits 2 on a bad flag.
+
+    A file listing ``models:`` gives one parse per model: ``models_args`` holds them all
+    (the first is also the result); otherwise ``models_args`` is None.
+    """
     parser = build_parser()
-    args = sys.argv[1:] if argv is None else list(argv)
+    raw = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = expand_dotted(dashed(args), DOTTED_FLAGS)
-    except argparse.ArgumentTypeError as exc:
-        parser.error(str(exc))
-    return parser.parse_args(args)
+        argvs, listed = config_file.expand(raw, _serve_parser(parser)._option_string_actions)
+    except PoolserveError as exc:
+        parser.error(exc.message)
+    parsed = []
+    for args in argvs:
+        try:
+            args = expand_dotted(dashed(args), DOTTED_FLAGS)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(str(exc))
+        parsed.append(parser.parse_args(args))
+    result = parsed[0]
+    result.models_args = parsed if listed else None
+    return result
+
+
+def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``serve`` sub-command's parser (its flags tell a models file's keys)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices["serve"]
+            return found
+    raise AssertionError("no serve sub-command")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

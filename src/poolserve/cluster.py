@@ -126,30 +126,36 @@ async def _run_engine(
     await engine.stop(grace=config.server.shutdown_grace)
 
 
+# One served model as a front end sees it: (its config, its engines' socket paths,
+# (dtype, device) as its engines loaded it).
+Served = tuple[Config, list[str], tuple[str, str]]
+
+
 def frontend_main(
     config: Config,
     sock: socket.socket,
-    paths: list[str],
-    facts: tuple[str, str],
+    served: list[Served],
     counts: Any,
     ready: multiprocessing.connection.Connection,
 ) -> None:
-    """A front-end process: HTTP on the shared ``sock``, engines at ``paths``."""
+    """A front-end process: HTTP on the shared ``sock`` for every model of ``served``
+    (routed by ``model`` when there are several), each over its own engines."""
     _child_setup(config.server.uvicorn_log_level)
     import uvicorn
 
     from .api.app import create_app
     from .api.connections import uvicorn_options
     from .runtime import frontend_context
+    from .serving.router import ServedModels
 
     if config.server.disable_log_requests:
         logging.getLogger("poolserve.access").setLevel(logging.WARNING)
     try:
-        ctx = frontend_context(config, paths, *facts)
+        models = ServedModels([frontend_context(m, paths, *facts) for m, paths, facts in served])
     except Exception as exc:
         ready.send(("error", f"{exc.__class__.__name__}: {exc}"))
         sys.exit(1)
-    app = create_app(ctx, config.server, counts=counts)
+    app = create_app(models, config.server, counts=counts)
     uv_config = uvicorn.Config(
         app,
         log_level=config.server.uvicorn_log_level,
@@ -181,16 +187,26 @@ def _gpu_count() -> int:
     return 0
 
 
-def run_cluster(config: Config, fronts: int, engines: int) -> int:
-    """Run the server as ``fronts`` front ends over ``engines`` engine processes."""
+def run_cluster(
+    config: Config, fronts: int, engines: int, models: list[Config] | None = None
+) -> int:
+    """Run the server as ``fronts`` front ends over ``engines`` engine processes per
+    model: ``config``'s model, or each of ``models`` (a --config file's list; their
+    server settings are ``config``'s). Each model's engines are its own processes, so
+    one model's slow batches or failure never hold another's (no shared GIL)."""
     from .api.admission import SharedCounts
+    from .runtime import served_names
 
     ctx = multiprocessing.get_context("spawn")
     tmp = tempfile.mkdtemp(prefix="poolserve-")
     # Every child writes its metrics here; /metrics on any front end sums them.
     os.environ[MULTIPROC_DIR] = os.path.join(tmp, "metrics")
     os.makedirs(os.environ[MULTIPROC_DIR])
-    paths = [os.path.join(tmp, f"engine-{i}.sock") for i in range(engines)]
+    models = models or [config]
+    paths = [
+        [os.path.join(tmp, f"engine-{m}-{i}.sock") for i in range(engines)]
+        for m in range(len(models))
+    ]
     cores = len(os.sched_getaffinity(0))
     gpus = _gpu_count()
     sock = _bind(config)  # a port in use fails here, before any model loads
@@ -204,23 +220,33 @@ def run_cluster(config: Config, fronts: int, engines: int) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        share = max(1, cores // engines)  # CPU engines split the cores
+        share = max(1, cores // (engines * len(models)))  # CPU engines split the cores
+        several = len(models) > 1
         answers = _start_all(
             ctx,
             children,
             [
-                (f"engine {i}", engine_main, (_engine_device(config, i, gpus), path, share))
-                for i, path in enumerate(paths)
+                (
+                    f"engine {i}" + (f" of {served_names(model)[0]}" if several else ""),
+                    engine_main,
+                    (_engine_device(model, i, gpus), path, share),
+                )
+                for model, model_paths in zip(models, paths, strict=True)
+                for i, path in enumerate(model_paths)
             ],
             lambda: stopping,
         )
-        facts = (answers[0][1], answers[0][2])  # (dtype, device), the same for every engine
+        # (dtype, device) of each model: the same for each of its engines.
+        served = [
+            (model, model_paths, (answers[m * engines][1], answers[m * engines][2]))
+            for m, (model, model_paths) in enumerate(zip(models, paths, strict=True))
+        ]
         counts = SharedCounts(ctx)
         _start_all(
             ctx,
             children,
             [
-                (f"front end {i}", frontend_main, (config, sock, paths, facts, counts))
+                (f"front end {i}", frontend_main, (config, sock, served, counts))
                 for i in range(fronts)
             ],
             lambda: stopping,
@@ -232,7 +258,7 @@ def run_cluster(config: Config, fronts: int, engines: int) -> int:
             config.server.host,
             config.server.port,
             fronts,
-            engines,
+            engines * len(models),
         )
         sock.close()  # the children hold it
         return _supervise(children, lambda: stopping)
@@ -266,7 +292,9 @@ def _start_all(
     for name, proc, conn in waits:
         answer = _await_ready(name, proc, conn, stopping)
         if answer[0] != "ready":
-            raise ModelLoadError(str(answer[1]))
+            # Several models: say which one failed (`engine 0 of NAME`).
+            model = name.partition(" of ")[2]
+            raise ModelLoadError(f"{model}: {answer[1]}" if model else str(answer[1]))
         answers.append(answer)
     return answers
 

@@ -1,4 +1,5 @@
-"""Prometheus metrics, one registry per served model (so tests can build many apps).
+"""Prometheus metrics, one registry per server (so tests can build many apps); each
+series labelled with the model it is about.
 
 A multi-process server (``--api-server-count``, ``--data-parallel-size``) sets
 ``PROMETHEUS_MULTIPROC_DIR`` before it starts its children: every process then writes
@@ -8,6 +9,7 @@ its values there and ``/metrics`` on any front end reports the sum over all of t
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,6 +19,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 
 # The variable prometheus_client reads (at import) to share values between processes.
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -36,7 +39,17 @@ class Metrics:
     def __init__(self, model: str) -> None:
         self.registry = CollectorRegistry()
         self.model = model
-        r = self.registry
+        self._families(self.registry)
+
+    def sibling(self, model: str) -> Metrics:
+        """Metrics for another model of the same server: the same families (so one
+        /metrics shows both), its own ``model`` label."""
+        other = object.__new__(Metrics)
+        other.__dict__.update(self.__dict__)
+        other.model = model
+        return other
+
+    def _families(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "poolserve_requests", "Requests answered.", ["model", "endpoint", "status"], registry=r
         )
@@ -125,13 +138,36 @@ class Metrics:
         self.request_duration.labels(self.model, endpoint).observe(seconds)
 
 
-def exposition(metrics: Metrics) -> tuple[bytes, str]:
-    """(body, content type) of ``/metrics``: this process's registry, or the sum over the
-    server's processes when they share a multiprocess directory."""
-    registry = metrics.registry
+class _Merged:
+    """Several registries read as one: each family once, with every registry's samples
+    (models built apart keep their own registries; one /metrics shows them all)."""
+
+    def __init__(self, registries: list[CollectorRegistry]) -> None:
+        self.registries = registries
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for registry in self.registries:
+            for family in registry.collect():
+                if family.name in families:
+                    families[family.name].samples.extend(family.samples)
+                else:
+                    families[family.name] = family
+        yield from families.values()
+
+
+def exposition(metrics: Metrics | Sequence[Metrics]) -> tuple[bytes, str]:
+    """(body, content type) of ``/metrics``: this process's registries (one per server,
+    or per model when its models were built apart), or the sum over the server's
+    processes when they share a multiprocess directory."""
     if os.environ.get(MULTIPROC_DIR):
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    every = [metrics] if isinstance(metrics, Metrics) else list(metrics)
+    registries = list({id(m.registry): m.registry for m in every}.values())
+    if len(registries) == 1:
+        return generate_latest(registries[0]), CONTENT_TYPE_LATEST
+    return generate_latest(_Merged(registries)), CONTENT_TYPE_LATEST

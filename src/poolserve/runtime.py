@@ -18,12 +18,14 @@ from .config import DEFAULT_MODEL_NAME, Config, ModelConfig
 from .engine import Engine
 from .engine.engine import EngineObserver
 from .engine.remote import RemoteEngine
+from .errors import ModelLoadError
 from .inputs.processor import InputProcessor
 from .metrics import Metrics
 from .models.activations import numpy_activation
 from .models.base import CLASSIFIER, TOKENS, Activation, Backend, InputRules, ModelInfo
 from .models.spec import ModelSpec, describe
 from .serving.context import ServingContext
+from .serving.router import ServedModels
 
 log = logging.getLogger("poolserve")
 
@@ -160,15 +162,18 @@ def bounded_rules(rules: InputRules, config: Config) -> InputRules:
     return rules
 
 
-def build_context(config: Config, *, cores: int | None = None) -> ServingContext:
+def build_context(
+    config: Config, *, cores: int | None = None, metrics_of: Metrics | None = None
+) -> ServingContext:
     """Load the model of ``config`` and return a ready (not yet started) serving context,
-    its engine's threads sized for ``cores`` (default: every core this process may use).
+    its engine's threads sized for ``cores`` (default: every core this process may use);
+    its metrics beside ``metrics_of``'s when given (one server's models share them).
 
     Raises ModelLoadError with a one-line message when the model cannot be loaded.
     """
     loaded = load_model(config.model)
     names = served_names(config)
-    metrics = Metrics(names[0])
+    metrics = metrics_of.sibling(names[0]) if metrics_of is not None else Metrics(names[0])
     return ServingContext(
         engine=build_engine(config, loaded, cores=cores, observer=metrics),
         processor=InputProcessor(loaded.tokenizer, bounded_rules(loaded.rules, config)),
@@ -177,6 +182,28 @@ def build_context(config: Config, *, cores: int | None = None) -> ServingContext
         metrics=metrics,
         max_client_batch_size=config.engine.max_client_batch_size,
     )
+
+
+def build_models(configs: list[Config]) -> ServedModels:
+    """Every model of a several-model server (``--config``), each loaded once with its
+    own engine, the cores shared out equally between them (a model's own
+    --model-workers still applies), so a busy model leaves the others their cores.
+
+    Raises ModelLoadError naming the model that failed; PoolserveError when two models
+    share a served name.
+    """
+    cores = len(os.sched_getaffinity(0))
+    share = max(1, cores // len(configs))
+    contexts: list[ServingContext] = []
+    for config in configs:
+        try:
+            ctx = build_context(
+                config, cores=share, metrics_of=contexts[0].metrics if contexts else None
+            )
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{served_names(config)[0]}: {exc}") from exc
+        contexts.append(ctx)
+    return ServedModels(contexts)
 
 
 def frontend_context(

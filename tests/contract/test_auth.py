@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from tests.contract.util import API_KEY, TIMEOUT, assert_error, ok
+from tests.fixtures.several import one_model
 
 GUARDED_POSTS = {
     "/v1/embeddings": {"input": "hi"},
@@ -51,6 +52,7 @@ def test_models_needs_the_key(auth_url: str, auth: str | None) -> None:
     assert_error(call(auth_url, "GET", "/v1/models", auth), 401)
 
 
+@one_model
 def test_models_with_the_key(auth_url: str) -> None:
     body = ok(call(auth_url, "GET", "/v1/models", f"Bearer {API_KEY}"))
     assert [card["id"] for card in body["data"]] == ["guarded"]
@@ -80,6 +82,7 @@ def test_open_routes(auth_url: str, method: str, path: str) -> None:
         assert resp.status_code == 200, (path, auth, resp.text)
 
 
+@one_model
 def test_openai_sdk_with_the_key(auth_url: str) -> None:
     client = openai.OpenAI(base_url=auth_url + "/v1", api_key=API_KEY, max_retries=0)
     resp = client.embeddings.create(input="hi", model="guarded")

@@ -19,6 +19,7 @@ from tests.conftest import make_context, serve_in_thread
 from tests.contract.util import TIMEOUT, assert_error, assert_route_error
 from tests.fixtures import cluster
 from tests.fixtures.hardening import route_table, valid_body
+from tests.fixtures.several import one_model
 
 KEYS = ("sk-first-9d1e7c", "sk-second-51ab0f")
 WRONG = "sk-wrong-77c3aa"
@@ -91,6 +92,7 @@ def test_the_matrix_covers_the_app(routes: list[tuple[str, str]]) -> None:
     assert len(routes) >= 15
 
 
+@one_model
 @pytest.mark.parametrize("who", ["no key", "wrong key", "first key", "second key"])
 def test_every_route_by_key(
     guarded_url: str,

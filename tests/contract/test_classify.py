@@ -21,6 +21,7 @@ from tests.contract.util import (
     post,
     vectors,
 )
+from tests.fixtures.several import one_model
 
 TEXTS = ["the cat sits on the mat", "what is the capital of France?", "hello world"]
 
@@ -117,11 +118,13 @@ def test_over_length_is_400(classifier_url: str, classifier_dir: Path) -> None:
     assert body["usage"]["prompt_tokens"] == 10
 
 
+@one_model
 def test_embedding_model_has_no_classification(default_url: str) -> None:
     resp = post(default_url, "/classify", {"input": "hello"})
     assert_error(resp, 400, message="The model does not support Classification API")
 
 
+@one_model
 def test_classifier_has_no_embeddings(classifier_url: str) -> None:
     resp = post(classifier_url, "/v1/embeddings", {"input": "hello"})
     assert_error(resp, 400, message="The model does not support Embeddings API")

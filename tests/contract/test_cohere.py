@@ -29,6 +29,7 @@ from tests.contract.util import (
     post,
     unit,
 )
+from tests.fixtures.several import one_model
 
 TEXTS = ["The weather today is sunny.", "Machine learning turns text into vectors.", "Hi"]
 # Distinct words, so keeping the first or the last tokens gives different inputs.
@@ -405,6 +406,7 @@ def test_unknown_model_is_404(tiny_url: str) -> None:
     assert len(body["embeddings"]["float"]) == 1
 
 
+@one_model
 def test_classifier_has_no_embed(classifier_url: str) -> None:
     resp = post(classifier_url, "/v2/embed", {"texts": ["hi"]})
     assert_error(resp, 400, message="The model does not support Embeddings API")

@@ -19,6 +19,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 
 from tests.conftest import make_context, serve_in_thread
 from tests.contract.util import assert_error, ok, post, vectors
+from tests.fixtures.several import one_model
 
 TEXTS = ["the cat sits on the mat", "what is the capital of France?", "hello"]
 MESSAGES = [
@@ -126,6 +127,7 @@ def test_vllm_pooling_example_client(apeach_url: str) -> None:
     assert len(probs) == 2 and abs(sum(probs) - 1) < 1e-5
 
 
+@one_model
 def test_pooling_task_field(apeach_url: str) -> None:
     assert ok(post(apeach_url, "/pooling", {"input": "hello", "task": "classify"}))
     resp = post(apeach_url, "/pooling", {"input": "hello", "task": "embed"})

@@ -16,6 +16,7 @@ from tests.contract.util import (
     embed,
     unit,
 )
+from tests.fixtures.several import one_model
 
 TEXTS = ["The weather today is sunny.", "Machine learning turns text into vectors.", "Hi"]
 
@@ -127,6 +128,7 @@ def test_sdk_errors(default_client: openai.OpenAI) -> None:
         default_client.embeddings.create(input=[], model=DEFAULT_NAME, encoding_format="float")
 
 
+@one_model
 def test_sdk_models_list(tiny_client: openai.OpenAI, default_client: openai.OpenAI) -> None:
     assert [m.id for m in tiny_client.models.list()] == list(TINY_NAMES)
     [card] = list(default_client.models.list())

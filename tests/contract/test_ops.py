@@ -25,6 +25,7 @@ from tests.contract.util import (
     ok,
     post,
 )
+from tests.fixtures.several import one_model
 
 METRICS = (
     "poolserve_requests_total",
@@ -45,6 +46,7 @@ def get(url: str, path: str, **kwargs: object) -> requests.Response:
 # -- /v1/models -------------------------------------------------------------------------
 
 
+@one_model
 def test_models_one_card_per_served_name(tiny_url: str, tiny_dir: Path) -> None:
     body = ok(get(tiny_url, "/v1/models"))
     assert body["object"] == "list"
@@ -58,6 +60,7 @@ def test_models_one_card_per_served_name(tiny_url: str, tiny_dir: Path) -> None:
         assert isinstance(card["created"], int) and card["created"] <= time.time() + 1
 
 
+@one_model
 def test_models_default(default_url: str) -> None:
     [card] = ok(get(default_url, "/v1/models"))["data"]
     assert card["id"] == DEFAULT_NAME
@@ -110,6 +113,7 @@ def _samples(url: str) -> list[tuple[str, dict[str, str], float]]:
     ]
 
 
+@one_model
 def test_metrics_names_labelled_with_the_model(tiny_url: str) -> None:
     ok(post(tiny_url, "/v1/embeddings", {"input": ["metrics one", "metrics two"]}))
     assert_error(post(tiny_url, "/v1/embeddings", {"input": []}), 400)
@@ -148,6 +152,7 @@ def test_metrics_count_requests_per_endpoint(tiny_url: str) -> None:
         assert count(path, "200") == value + 1, path
 
 
+@one_model
 def test_metrics_of_the_default_model(default_url: str) -> None:
     ok(post(default_url, "/v1/embeddings", {"input": "hi"}))
     models = {labels.get("model") for _, labels, _ in _samples(default_url)}

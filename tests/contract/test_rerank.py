@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from tests.conftest import make_context, serve_in_thread
 from tests.contract.util import CROSS_NAME, assert_error, context_message, ok, post
 from tests.fixtures import cluster
+from tests.fixtures.several import one_model
 
 QUERY = "which city has the most people"
 DOCS = [
@@ -149,6 +150,7 @@ def test_embedding_model_reranks_by_cosine(default_url: str) -> None:
     assert_error(resp, 400, param="activation")
 
 
+@one_model
 def test_classifier_has_no_rerank(classifier_url: str) -> None:
     resp = post(classifier_url, "/rerank", {"query": QUERY, "documents": DOCS})
     assert_error(resp, 400, message="The model does not support Rerank API")

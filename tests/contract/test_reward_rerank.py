@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from tests.conftest import make_context, serve_in_thread
 from tests.contract.util import assert_error, ok, post
+from tests.fixtures.several import one_model
 
 TEXTS = ["the cat sits on the mat. the dog runs.", "hello world. yes."]
 
@@ -40,6 +41,7 @@ def _pooled(body: dict[str, Any]) -> list[np.ndarray]:
     return [np.asarray(d["data"], dtype=np.float64) for d in body["data"]]
 
 
+@one_model
 def test_reward_per_token_rows(tiny: Callable[..., Path]) -> None:
     path = tiny("decoder", "qwen2", "seq-cls", 2)
     tok = AutoTokenizer.from_pretrained(path)

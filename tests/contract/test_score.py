@@ -25,6 +25,7 @@ from tests.contract.util import (
     scores,
 )
 from tests.fixtures import cluster
+from tests.fixtures.several import one_model
 
 Q = "What is the capital of France?"
 DOCS = [
@@ -220,11 +221,13 @@ def test_unknown_model_is_404(cross_url: str) -> None:
     assert_error(resp, 404, message="The model `nope` does not exist.")
 
 
+@one_model
 def test_cross_encoder_has_no_embeddings(cross_url: str) -> None:
     resp = post(cross_url, "/v1/embeddings", {"input": "a"})
     assert_error(resp, 400, message="The model does not support Embeddings API")
 
 
+@one_model
 def test_two_label_model_has_no_score_api(classifier_url: str) -> None:
     resp = post(classifier_url, "/score", {"text_1": "a", "text_2": "b"})
     assert_error(resp, 400, message="The model does not support Score API")

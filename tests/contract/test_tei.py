@@ -28,6 +28,7 @@ from tests.contract.util import (
     unit,
     vectors,
 )
+from tests.fixtures.several import one_model
 
 TEXTS = ["the cat sits on the mat", "Paris is the capital of France", "dogs are pets"]
 QUERY = "which city has the most people"
@@ -199,6 +200,7 @@ def test_not_json_is_tei_validation(default_url: str) -> None:
 # -- task gating: TEI's 424 ----------------------------------------------------------
 
 
+@one_model
 @pytest.mark.parametrize("path", ["/embed", "/embed_all"])
 def test_embed_on_classifier_is_424(classifier_url: str, path: str) -> None:
     assert_tei_error(
@@ -218,6 +220,7 @@ def test_embed_sparse_is_424(default_url: str) -> None:
     )
 
 
+@one_model
 def test_predict_on_embedding_model_is_424(default_url: str) -> None:
     assert_tei_error(
         post(default_url, "/predict", {"inputs": "a"}),
@@ -227,6 +230,7 @@ def test_predict_on_embedding_model_is_424(default_url: str) -> None:
     )
 
 
+@one_model
 def test_tei_rerank_on_classifier_is_424(classifier_url: str) -> None:
     assert_tei_error(
         post(classifier_url, "/rerank", {"query": "q", "texts": ["a"]}),
@@ -300,6 +304,7 @@ def test_huggingface_hub_inference_client(
     assert (top.label, top.score) == (best["label"], pytest.approx(best["score"], abs=1e-6))
 
 
+@one_model
 def test_huggingface_hub_sees_tei_errors(classifier_url: str) -> None:
     from huggingface_hub import InferenceClient
     from huggingface_hub.errors import HfHubHTTPError

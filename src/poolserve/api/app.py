@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +15,7 @@ from starlette.routing import BaseRoute
 from .. import __version__
 from ..config import ServerConfig
 from ..serving.context import ServingContext
+from ..serving.router import ServedModels
 from . import errors
 from .admission import Counts
 from .fast import DirectRoutes, direct_routes
@@ -46,28 +48,40 @@ def _route_paths(routes: Iterable[BaseRoute]) -> set[str]:
 
 
 def create_app(
-    ctx: ServingContext, server: ServerConfig | None = None, counts: Counts | None = None
+    served: ServingContext | ServedModels,
+    server: ServerConfig | None = None,
+    counts: Counts | None = None,
 ) -> FastAPI:
-    """Build the app serving ``ctx``; the engine starts and stops with the app's lifespan.
+    """Build the app serving one model's context or several models (routed by each
+    request's ``model``: serving/router.py); the engines start and stop with the app's
+    lifespan.
 
     ``counts`` are the admission counts when several front-end processes share them.
     """
     server = server or ServerConfig()
+    models = served if isinstance(served, ServedModels) else ServedModels([served])
+    ctx = models.first
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not ctx.engine.alive:
-            await ctx.engine.start()
+        for each in models:
+            if not each.engine.alive:
+                await each.engine.start()
         try:
             yield
         finally:
-            await ctx.engine.stop(grace=app.state.shutdown_grace)
-            ctx.tokenizer.close()
+            # Stopped together: each finishes its admitted work within the one grace.
+            await asyncio.gather(
+                *(each.engine.stop(grace=app.state.shutdown_grace) for each in models)
+            )
+            for each in models:
+                each.tokenizer.close()
 
     app = FastAPI(
         title="poolserve", version=__version__, lifespan=lifespan, root_path=server.root_path
     )
-    app.state.ctx = ctx
+    app.state.models = models
+    app.state.ctx = ctx  # the first model: what one-model callers (tests) reach for
     app.state.max_request_bytes = server.max_request_bytes
     app.state.shutdown_grace = server.shutdown_grace
     errors.install(app)
@@ -92,7 +106,9 @@ def create_app(
         metrics=ctx.metrics,
         root_path=server.root_path,
         known_paths=known,
-        max_inflight=ctx.engine.max_queued_requests,
+        # Each engine bounds its own model's queue (429 for that model alone); the
+        # gateway bounds the server: the sum.
+        max_inflight=sum(each.engine.max_queued_requests for each in models),
         max_inflight_bytes=server.max_inflight_bytes,
         request_timeout=server.request_timeout,
         log_bodies=server.enable_log_requests,

@@ -277,7 +277,9 @@ class GatewayMiddleware:
             seconds = time.perf_counter() - started
             if method == "POST" or path == "/v1/models":
                 endpoint = path if path in self.known_paths else "other"
-                self.metrics.on_request(endpoint, status_box[0], seconds)
+                # Under the label of the model the router chose (api/routes/_common.py).
+                metrics = scope["state"].get("served_metrics", self.metrics)
+                metrics.on_request(endpoint, status_box[0], seconds)
                 self._log(rid, method, path, status_box[0], seconds, stats, exchange)
 
     async def _run_guarded(self, scope: Scope, exchange: _Exchange, send: Send) -> bool:

@@ -10,11 +10,21 @@ from starlette.responses import Response
 
 from ...serving.context import ServingContext
 from ...serving.embeddings import OctetBody
+from ...serving.router import ServedModels
 
 
-def ctx_of(request: Request) -> ServingContext:
-    """The serving context the app factory stored on the app."""
-    ctx: ServingContext = request.app.state.ctx
+def models_of(request: Request) -> ServedModels:
+    """The served models the app factory stored on the app."""
+    models: ServedModels = request.app.state.models
+    return models
+
+
+def ctx_of(request: Request, model: str | None = None, api: str | None = None) -> ServingContext:
+    """The context of the model answering this request: the one named ``model``, else
+    the first serving ``api`` (ServedModels.pick). Recorded on the request, so the
+    gateway counts the request under that model's metrics label."""
+    ctx = models_of(request).pick(model, api)
+    request.state.served_metrics = ctx.metrics
     return ctx
 
 

@@ -18,5 +18,7 @@ async def classify(request: Request) -> Response:
     """vLLM's classification API: label probabilities per input."""
     req = await parse(request, ClassifyRequest)
     return json_bytes(
-        await serving.create_classify(ctx_of(request), req, request_id(request, req.request_id))
+        await serving.create_classify(
+            ctx_of(request, req.model, "Classification"), req, request_id(request, req.request_id)
+        )
     )

@@ -18,7 +18,9 @@ async def embed_v2(request: Request) -> Response:
     """Cohere embed v2: `texts`, `input_type`, `embedding_types`, `truncate`, ..."""
     req = await parse(request, CohereEmbedRequest)
     return json_bytes(
-        await serving.create_embed(ctx_of(request), req, request_id(request, req.request_id))
+        await serving.create_embed(
+            ctx_of(request, req.model, "Embeddings"), req, request_id(request, req.request_id)
+        )
     )
 
 
@@ -27,4 +29,8 @@ async def embed_v1(request: Request) -> Response:
     """Cohere embed v1: as v2, but float rows alone when `embedding_types` is not sent."""
     req = await parse(request, CohereEmbedRequest)
     rid = request_id(request, req.request_id)
-    return json_bytes(await serving.create_embed(ctx_of(request), req, rid, api_version=1))
+    return json_bytes(
+        await serving.create_embed(
+            ctx_of(request, req.model, "Embeddings"), req, rid, api_version=1
+        )
+    )

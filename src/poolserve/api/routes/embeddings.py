@@ -19,7 +19,9 @@ async def embeddings(request: Request) -> Response:
     """OpenAI/vLLM embeddings: `input` (texts or token ids) or chat `messages`."""
     req = await parse(request, EmbeddingRequest)
     return json_bytes(
-        await serving.create_embeddings(ctx_of(request), req, request_id(request, req.request_id))
+        await serving.create_embeddings(
+            ctx_of(request, req.model, "Embeddings"), req, request_id(request, req.request_id)
+        )
     )
 
 
@@ -28,5 +30,7 @@ async def pooling(request: Request) -> Response:
     """vLLM's pooling API: the served task's pooled output per input."""
     req = await parse(request, PoolingRequest)
     return json_bytes(
-        await serving.create_pooling(ctx_of(request), req, request_id(request, req.request_id))
+        await serving.create_pooling(
+            ctx_of(request, req.model, "Pooling"), req, request_id(request, req.request_id)
+        )
     )

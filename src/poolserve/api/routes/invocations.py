@@ -36,11 +36,14 @@ _FAMILIES: tuple[tuple[str, type[BaseModel], tuple[str, ...], Handler], ...] = (
 
 @router.post("/invocations")
 async def invocations(request: Request) -> Response:
-    """Dispatch to the first family the model serves whose request the body validates as."""
-    ctx = ctx_of(request)
+    """Dispatch to the first family the model serves whose request the body validates as
+    (the model named by the body's ``model``, else the first one serving the family)."""
     data = await read_json(request)
+    named = data.get("model")
+    named = named if isinstance(named, str) else None  # a bad one fails validation
     first_error: InvalidRequest | None = None
     for api, model, keys, handler in _FAMILIES:
+        ctx = ctx_of(request, named, api)
         if not ctx.enables(api) or not any(k in data for k in keys):
             continue
         try:
@@ -53,6 +56,6 @@ async def invocations(request: Request) -> Response:
     if first_error is not None:
         raise first_error
     raise InvalidRequest(
-        "the body matches no request type this model serves on /invocations "
+        "the body matches no request type the model serves on /invocations "
         "(send `input`, `messages`, `text_1`/`text_2` or `query`/`documents`)"
     )

@@ -9,19 +9,20 @@ from starlette.responses import Response
 
 from ... import __version__
 from ...metrics import exposition
-from ._common import ctx_of
+from ...serving.context import ServingContext
+from ._common import models_of
 
 router = APIRouter()
 
 
 def _health(request: Request) -> Response:
-    alive = ctx_of(request).engine.alive
+    alive = models_of(request).alive
     return Response(status_code=200 if alive else 503)
 
 
 @router.get("/health")
 async def health(request: Request) -> Response:
-    """200 with an empty body while the engine is alive; 503 when it is not."""
+    """200 with an empty body while every model's engine is alive; 503 when one is not."""
     return _health(request)
 
 
@@ -44,9 +45,13 @@ async def version() -> dict[str, str]:
 
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
-    """One model card per served name."""
-    ctx = ctx_of(request)
-    cards: list[dict[str, Any]] = [
+    """One model card per served name, models in the order given."""
+    cards: list[dict[str, Any]] = [card for ctx in models_of(request) for card in _cards(ctx)]
+    return {"object": "list", "data": cards}
+
+
+def _cards(ctx: ServingContext) -> list[dict[str, Any]]:
+    return [
         {
             "id": name,
             "object": "model",
@@ -59,11 +64,10 @@ async def models(request: Request) -> dict[str, Any]:
         }
         for name in ctx.served_names
     ]
-    return {"object": "list", "data": cards}
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition."""
-    body, content_type = exposition(ctx_of(request).metrics)
+    """Prometheus text exposition (every model's series, each labelled with its name)."""
+    body, content_type = exposition([ctx.metrics for ctx in models_of(request)])
     return Response(body, media_type=content_type)

@@ -20,7 +20,9 @@ async def score(request: Request) -> Response:
     """vLLM's score API: `text_1` against `text_2` (1:1, 1:N or N:N)."""
     req = await parse(request, ScoreRequest)
     return json_bytes(
-        await serving.create_score(ctx_of(request), req, request_id(request, req.request_id))
+        await serving.create_score(
+            ctx_of(request, req.model, "Score"), req, request_id(request, req.request_id)
+        )
     )
 
 
@@ -35,5 +37,7 @@ async def rerank(request: Request) -> Response:
         return await tei.rerank_body(request, data)
     req = validate(data, RerankRequest)
     return json_bytes(
-        await serving.create_rerank(ctx_of(request), req, request_id(request, req.request_id))
+        await serving.create_rerank(
+            ctx_of(request, req.model, "Rerank"), req, request_id(request, req.request_id)
+        )
     )

@@ -94,13 +94,13 @@ async def answer(request: Request, work: Callable[[], Awaitable[bytes]]) -> Resp
 
 async def rerank_body(request: Request, data: dict[str, Any]) -> Response:
     """TEI's /rerank for an already-read body (``query`` + ``texts``)."""
-    ctx = ctx_of(request)
+    ctx = ctx_of(request, api="Rerank")
     return await answer(request, lambda: serving.rerank(ctx, validate(data, TeiRerankRequest)))
 
 
 async def tokenize_body(request: Request, data: dict[str, Any]) -> Response:
     """TEI's /tokenize for an already-read body (``inputs``)."""
-    ctx = ctx_of(request)
+    ctx = ctx_of(request, api="Tokenize")
     return await answer(
         request, lambda: tei_tokens.tokenize(ctx, validate(data, TeiTokenizeRequest))
     )
@@ -109,7 +109,7 @@ async def tokenize_body(request: Request, data: dict[str, Any]) -> Response:
 @router.post("/embed", openapi_extra=body_doc(TeiEmbedRequest))
 async def embed(request: Request) -> Response:
     """TEI: pooled embeddings, one list of floats per input."""
-    ctx = ctx_of(request)
+    ctx = ctx_of(request, api="Embeddings")
 
     async def work() -> bytes:
         return await serving.embed(ctx, validate(await read_json(request), TeiEmbedRequest))
@@ -120,7 +120,7 @@ async def embed(request: Request) -> Response:
 @router.post("/embed_all", openapi_extra=body_doc(TeiEmbedAllRequest))
 async def embed_all(request: Request) -> Response:
     """TEI: every token's embedding, [tokens][dim] per input."""
-    ctx = ctx_of(request)
+    ctx = ctx_of(request, api="Embeddings")
 
     async def work() -> bytes:
         return await serving.embed_all(ctx, validate(await read_json(request), TeiEmbedAllRequest))
@@ -131,7 +131,7 @@ async def embed_all(request: Request) -> Response:
 @router.post("/predict", openapi_extra=body_doc(TeiPredictRequest))
 async def predict(request: Request) -> Response:
     """TEI: label scores, best first, of one input, a text pair or a batch."""
-    ctx = ctx_of(request)
+    ctx = ctx_of(request, api="Classification")
 
     async def work() -> bytes:
         return await serving.predict(ctx, validate(await read_json(request), TeiPredictRequest))
@@ -142,7 +142,7 @@ async def predict(request: Request) -> Response:
 @router.post("/similarity", openapi_extra=body_doc(TeiSimilarityRequest))
 async def similarity(request: Request) -> Response:
     """TEI: cosine similarity of a source sentence with each of the sentences."""
-    ctx = ctx_of(request)
+    ctx = ctx_of(request, api="Embeddings")
 
     async def work() -> bytes:
         return await serving.similarity(
@@ -155,7 +155,7 @@ async def similarity(request: Request) -> Response:
 @router.post("/decode", openapi_extra=body_doc(TeiDecodeRequest))
 async def decode(request: Request) -> Response:
     """TEI: token ids back to text."""
-    ctx = ctx_of(request)
+    ctx = ctx_of(request, api="Tokenize")
 
     async def work() -> bytes:
         return await tei_tokens.decode(ctx, validate(await read_json(request), TeiDecodeRequest))
@@ -167,7 +167,7 @@ async def decode(request: Request) -> Response:
 async def embed_sparse(request: Request) -> Response:
     """TEI: sparse (SPLADE) weights by vocabulary id, for a SPLADE model; TEI's 424
     for any other model."""
-    ctx = ctx_of(request)
+    ctx = ctx_of(request, api="Sparse")
 
     async def work() -> bytes:
         return await serving.embed_sparse(

@@ -24,11 +24,13 @@ async def tokenize(request: Request) -> Response:
     data = await read_json(request)
     if "inputs" in data and "prompt" not in data and "messages" not in data:
         return await tei.tokenize_body(request, data)
-    body = await serving.tokenize(ctx_of(request), validate(data, TokenizeRequest))
+    req = validate(data, TokenizeRequest)
+    body = await serving.tokenize(ctx_of(request, req.model, "Tokenize"), req)
     return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.post("/detokenize", openapi_extra=body_doc(DetokenizeRequest))
 async def detokenize(request: Request) -> dict[str, Any]:
     """Text of a list of token ids."""
-    return await serving.detokenize(ctx_of(request), await parse(request, DetokenizeRequest))
+    req = await parse(request, DetokenizeRequest)
+    return await serving.detokenize(ctx_of(request, req.model, "Tokenize"), req)
