@@ -21,6 +21,7 @@ from typing import Any
 from ..config import ModelConfig
 from ..errors import ModelLoadError
 from .base import CLASSIFIER, EMBEDDING, SPARSE, TOKENS, InputRules, ModelInfo
+from .bge_m3 import find_lexical_head, lexical_pooler, with_lexical
 from .heads import is_multi_label, label_names, num_labels, resolve_score_activation
 from .pooler_config import KEYS as POOLER_KEYS
 from .pooler_config import (
@@ -97,6 +98,9 @@ class ModelSpec:
     score_activation: str | None = None
     # A SPLADE model's activation before pooling (relu | log1p_relu; see sparse.py).
     sparse_activation: str | None = None
+    # bge-m3's sparse_linear.pt: a Linear state dict run on every token for per-token
+    # ``head`` rows (its lexical weights; see bge_m3.py).
+    token_head: Path | None = None
     trust_remote_code: bool = False
 
     @property
@@ -363,6 +367,9 @@ def describe(cfg: ModelConfig) -> ModelSpec:
             st = read_st_pipeline(root)
     model_dir = st.transformer_path if st else cross.transformer_path if cross else root
     hf_config = _read_config(model_dir, cfg)
+    # bge-m3: the dense model as its folder says, plus the lexical head (bge_m3.py).
+    # (resolve_task leaves it an embedding model: no sequence classifier, no decoder)
+    pooler, lexical = lexical_pooler(pooler, find_lexical_head((model_dir, root), hf_config))
     task, head = resolve_task(
         requested_task(cfg, pooler, is_decoder(hf_config) and not has_seq_cls_arch(hf_config)),
         hf_config,
@@ -443,6 +450,8 @@ def describe(cfg: ModelConfig) -> ModelSpec:
     )
     if pooler.dimensions is not None:
         info = dataclasses.replace(info, default_dimensions=default_dimensions(pooler, info))
+    if lexical is not None:
+        info = with_lexical(info, lexical, tokenizer, hf_config)
     score_activation = None
     if head == TOKENS:
         info = dataclasses.replace(
@@ -485,5 +494,6 @@ def describe(cfg: ModelConfig) -> ModelSpec:
         returned_token_ids=tuple(returned) if returned is not None else None,
         decoder_head=decoder_head,
         score_activation=score_activation,
+        token_head=lexical.sparse_linear if lexical is not None else None,
         trust_remote_code=cfg.trust_remote_code,
     )

@@ -100,6 +100,7 @@ class TorchEmbeddingBackend(TorchBackend):
         *,
         pooling_modes: tuple[str, ...],
         dense: Sequence[nn.Module] = (),
+        token_head: nn.Module | None = None,
         pad_token_id: int = 0,
         uses_token_type_ids: bool = False,
         device: torch.device,
@@ -116,14 +117,18 @@ class TorchEmbeddingBackend(TorchBackend):
         )
         self.pooling_modes = pooling_modes
         self.dense = nn.Sequential(*dense).to(device).float().eval() if dense else None
+        # bge-m3's sparse_linear: run in float32 on every token's hidden state, as the
+        # Dense layers are (a float16 model's weights would round the lexical weights).
+        self.token_head = token_head.to(device).float().eval() if token_head else None
 
     @torch.inference_mode()
     def forward(self, batch: Batch) -> np.ndarray | list[np.ndarray]:
         """Pooled vectors [len(batch), dim] as float32 numpy (rows are the outputs).
 
         A sequence with ``per_token`` gets its per-token rows ``[num_tokens, width]``
-        instead (``hidden``: the hidden states; ``head``: the post-pooling modules on
-        every token), and the batch's outputs are then a list.
+        instead (``hidden``: the hidden states; ``head``: ``token_head`` when there is
+        one, else the post-pooling modules, on every token), and the batch's outputs
+        are then a list.
         """
         inputs = self._tensors(batch)
         hidden = self.model(**inputs).last_hidden_state
@@ -145,8 +150,9 @@ class TorchEmbeddingBackend(TorchBackend):
                 rows.append(out[i])
                 continue
             tokens = hidden[i, keep[i]].float()
-            if seq.per_token == "head" and self.dense is not None:
-                tokens = self.dense(tokens)
+            head = self.token_head if self.token_head is not None else self.dense
+            if seq.per_token == "head" and head is not None:
+                tokens = head(tokens)
             rows.append(tokens.cpu().numpy())
         return rows
 
