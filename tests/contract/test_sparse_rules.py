@@ -51,3 +51,13 @@ def test_bge_m3_lexical_task_rules(m3_url: str) -> None:
     combined = post(m3_url, "/pooling", {"input": "a", "task": "embed&token_classify"})
     assert_error(combined, 400, contains="token_classify", param="task")
     assert post(m3_url, "/embed_sparse", {"inputs": []}).status_code == 400
+
+
+def test_bge_m3_keeps_the_hidden_state_outputs(m3_url: str) -> None:
+    raw = post(m3_url, "/pooling", {"input": "a b", "task": "token_embed", "normalize": False})
+    assert raw.status_code == 200, raw.text
+    rows = raw.json()["data"][0]["data"]
+    assert len(rows) == 5 and len(rows[0]) == 32  # every token (specials too), hidden size
+    every = post(m3_url, "/embed_all", {"inputs": "a b"})
+    assert every.status_code == 200, every.text
+    assert every.json()[0] == rows

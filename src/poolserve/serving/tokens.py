@@ -127,7 +127,7 @@ async def per_token_output(
     rows = [np.asarray(o, dtype=np.float32) for o in outputs]
     if task == "token_embed" and (activate or dimensions is not None):
         rows = [finish_embeddings(r, dimensions=dimensions, normalize=activate) for r in rows]
-    elif ctx.info.lexical is not None:  # bge-m3's token_classify: relu, not class probs
+    elif task == "token_classify" and ctx.info.lexical is not None:  # bge-m3: relu, no probs
         rows = token_rows(rows, seqs, ctx.info.lexical, activate=activate)
     elif activate:
         rows = [classify_probs(r, multi_label=ctx.info.multi_label) for r in rows]
