@@ -64,15 +64,17 @@ def test_the_override_without_the_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_pooler_task_token_classify_is_the_lexical_default(tmp_path: Path) -> None:
-    path = tmp_path / "sparse_linear.pt"
+    d = _folder(tmp_path, sparse=True)
+    xlmr = SimpleNamespace(model_type="xlm-roberta", architectures=["XLMRobertaModel"])
     pooler = read_pooler_config({"task": "token_classify", "use_activation": False})
-    dense, head = lexical_pooler(pooler, path)
+    dense, head = lexical_pooler(pooler, [d], xlmr)
     assert dense.task == "embed" and dense.use_activation is None
     assert head is not None and head.pooling_task == "token_classify"
-    assert head.use_activation is False
+    assert head.use_activation is False and head.sparse_linear == d / "sparse_linear.pt"
     plain = read_pooler_config({"use_activation": False})
-    assert lexical_pooler(plain, path)[0] is plain
-    assert lexical_pooler(plain, None) == (plain, None)
+    assert lexical_pooler(plain, [d], xlmr)[0] is plain
+    bert = SimpleNamespace(model_type="bert", architectures=["BertModel"])
+    assert lexical_pooler(pooler, [d], bert) == (pooler, None)
 
 
 def test_sparse_problem_names_what_is_missing() -> None:

@@ -85,15 +85,17 @@ def find_lexical_head(dirs: Sequence[Path], hf_config: Any) -> Path | None:
 
 
 def lexical_pooler(
-    pooler: PoolerSettings, path: Path | None
+    pooler: PoolerSettings, dirs: Sequence[Path], hf_config: Any
 ) -> tuple[PoolerSettings, LexicalHead | None]:
-    """Split --pooler-config between the dense embedding and the lexical task of the
-    bge-m3 head at ``path`` (None: not bge-m3; ``pooler`` unchanged).
+    """The bge-m3 head in ``dirs`` (:func:`find_lexical_head`; None: not bge-m3, and
+    ``pooler`` unchanged), and --pooler-config split between the dense embedding and
+    the lexical task.
 
     ``task: "token_classify"`` (read as poolserve's "reward") is vLLM's way to serve
     bge-m3's lexical weights: here it makes them /pooling's default and its
     ``use_activation`` the relu switch's default, while the model stays an embedding
     model (its dense vector on /v1/embeddings)."""
+    path = find_lexical_head(dirs, hf_config)
     if path is None or pooler.task != TASKS[_TOKEN_CLASSIFY]:
         return pooler, LexicalHead(path) if path is not None else None
     dense = dataclasses.replace(pooler, task="embed", use_activation=None)

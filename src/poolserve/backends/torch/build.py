@@ -114,10 +114,15 @@ def _backend(
     pad_id = spec.pad_token_id
     if spec.head == SPARSE:
         assert spec.sparse_activation is not None
+        ends = None
+        if spec.sparse_drop_ends:  # vLLM reads the ids from the model config
+            hf = spec.hf_config
+            ends = (getattr(hf, "cls_token_id", None), getattr(hf, "sep_token_id", None))
         return TorchSparseBackend(
             model,
             pooling=spec.pooling_modes[0],
             activation=spec.sparse_activation,
+            drop_ends=ends,
             pad_token_id=pad_id,
             uses_token_type_ids=spec.rules.uses_token_type_ids,
             device=device,
