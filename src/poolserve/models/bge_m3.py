@@ -3,7 +3,8 @@
 What a bge-m3 folder is: XLM-R weights with sentence-transformers files (CLS pooling,
 Normalize: the dense embedding, served as any such folder), plus ``sparse_linear.pt``
 (a ``Linear(hidden, 1)`` state dict: one lexical weight per token after relu) and
-``colbert_linear.pt`` (per-token multi-vector head; not served here, only tolerated).
+``colbert_linear.pt`` (per-token multi-vector head: not read here, so a folder with it
+loads as one without it; ColBERT outputs are separate work).
 
 How it is recognised (:func:`find_lexical_head`):
 
@@ -40,7 +41,6 @@ from .pooler_config import TASKS, PoolerSettings
 
 ARCHITECTURE = "BgeM3EmbeddingModel"  # vLLM's registry name (model_executor/models)
 SPARSE_LINEAR = "sparse_linear.pt"
-COLBERT_LINEAR = "colbert_linear.pt"
 # vLLM's BgeM3EmbeddingModel extends its RoBERTa embedding model.
 _MODEL_TYPES = ("xlm-roberta", "roberta")
 _TOKEN_CLASSIFY = "token_classify"

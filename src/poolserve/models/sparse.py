@@ -4,7 +4,8 @@ A SPLADE model is a masked-LM (``*ForMaskedLM``) whose vocabulary logits become 
 weight per vocabulary entry: ``log(1 + relu(logit))`` (``log1p_relu``: that log once
 more), pooled over the tokens by max (SPLADE v2 and later) or sum (the original), as
 sentence-transformers' ``SpladePooling`` computes it — over every real token, [CLS] and
-[SEP] included (vLLM's SPLADE pooler drops them; poolserve matches sentence-transformers).
+[SEP] included (vLLM's pooler may leave them out, below; poolserve matches
+sentence-transformers for these folders).
 The output is a vector of ``vocab_size`` floats, mostly zeros.
 
 vLLM's own SPLADE launch line, a plain ``BertForMaskedLM`` folder with
