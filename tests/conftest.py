@@ -49,8 +49,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``tiny(kind, **kwargs) -> Path``; kind is "encoder", "st", "cross", "decoder" or
-    "sparse" (a SPLADE SparseEncoder folder).
+    """``tiny(kind, **kwargs) -> Path``; kind is "encoder", "st", "cross", "decoder",
+    "sparse" (a SPLADE SparseEncoder folder) or "bge-m3" (XLM-R with bge-m3's heads).
 
     Cached per args."""
     cache: dict[str, Path] = {}
@@ -60,6 +60,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         "cross": tiny_models.build_cross_encoder,
         "decoder": tiny_models.build_decoder,
         "sparse": tiny_models.build_sparse_folder,
+        "bge-m3": tiny_models.build_bge_m3,
     }
 
     def build(kind: str, *args: Any, **kwargs: Any) -> Path:

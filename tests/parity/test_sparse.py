@@ -3,7 +3,9 @@
 A tiny random BERT masked-LM saved as a SparseEncoder folder (MLMTransformer +
 SpladePooling) is served; its vectors (one weight per vocabulary id) on
 /v1/embeddings and /pooling, and TEI's /embed_sparse pairs, equal
-``SparseEncoder.encode`` on the same weights (float32, 1e-4).
+``SparseEncoder.encode`` on the same weights (float32, 1e-4). vLLM's SPLADE launch line
+(a plain masked-LM folder, --hf-overrides BertSpladeSparseEmbeddingModel) equals vLLM
+0.33's pooler computed here.
 """
 
 from __future__ import annotations
@@ -95,3 +97,68 @@ def test_prompt_names_of_the_folder(sparse: tuple[str, Any]) -> None:
     assert resp.status_code == 200, resp.text
     want = _want(reference, ["a b"])[0]
     np.testing.assert_allclose([p["value"] for p in resp.json()[0]], want[want != 0], atol=1e-4)
+
+
+SPLADE_OVERRIDE = {"architectures": ["BertSpladeSparseEmbeddingModel"]}
+
+
+def _mlm_copy(tiny: Callable[..., Path], tmp_path: Path, **ids: int) -> Path:
+    """The plain BertForMaskedLM folder behind the tiny SparseEncoder, its config
+    given ``ids`` (cls_token_id / sep_token_id)."""
+    import json
+    import shutil
+
+    sparse_dir = tiny("sparse", pooling="max", activation="relu")
+    out = tmp_path / "mlm"
+    shutil.copytree(sparse_dir.parent / f"{sparse_dir.name}-mlm", out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, **ids}))
+    return out
+
+
+def _vllm_splade(path: Path, texts: list[str], drop_ends: bool) -> np.ndarray:
+    """vLLM 0.33's SPLADE pooler, computed here: max over the kept tokens of
+    log1p(relu(MLM logits)); with ``drop_ends`` the first and last token left out."""
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForMaskedLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    rows = []
+    with torch.inference_mode():
+        for text in texts:
+            logits = model(**tok(text, return_tensors="pt")).logits[0]
+            kept = logits[1:-1] if drop_ends else logits
+            rows.append(torch.log1p(torch.relu(kept)).amax(dim=0).numpy())
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_vllm_splade_launch_line(tiny: Callable[..., Path], tmp_path: Path, named: bool) -> None:
+    """--hf-overrides BertSpladeSparseEmbeddingModel on a plain masked-LM folder: vLLM's
+    pooler, which leaves out [CLS] / [SEP] only when the config names their ids."""
+    ids = {"cls_token_id": 2, "sep_token_id": 3} if named else {}
+    path = _mlm_copy(tiny, tmp_path, **ids)
+    ctx = make_context(path, hf_overrides=SPLADE_OVERRIDE)
+    want = _vllm_splade(path, TEXTS, drop_ends=named)
+    with serve_in_thread(ctx) as url:
+        resp = requests.post(url + "/v1/embeddings", json={"input": TEXTS}, timeout=60)
+        assert resp.status_code == 200, resp.text
+        got = np.array([d["embedding"] for d in resp.json()["data"]])
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        pairs = requests.post(url + "/embed_sparse", json={"inputs": TEXTS[0]}, timeout=60)
+        assert [p["index"] for p in pairs.json()[0]] == np.nonzero(want[0])[0].tolist()
+    if named:  # the ends made a difference
+        assert not np.allclose(want, _vllm_splade(path, TEXTS, drop_ends=False), atol=1e-4)
+    else:  # no ids in the config: the same weights as sentence-transformers
+        from sentence_transformers import SparseEncoder
+
+        reference = SparseEncoder(str(tiny("sparse", pooling="max", activation="relu")))
+        np.testing.assert_allclose(want, _want(reference, TEXTS), atol=1e-4)
+
+
+def test_vllm_splade_launch_line_is_bert_only(tiny: Callable[..., Path]) -> None:
+    from poolserve.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="BERT masked LM"):
+        make_context(tiny("encoder", "roberta"), hf_overrides=SPLADE_OVERRIDE)

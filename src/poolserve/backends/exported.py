@@ -30,6 +30,8 @@ def exportable(spec: ModelSpec, runtime: str) -> str | None:
     if spec.head not in (EMBEDDING, CLASSIFIER):
         kind = "sparse (SPLADE)" if spec.head == SPARSE else "per-token (reward)"
         return f"{runtime} runs encoders; {kind} models run on the torch backend"
+    if spec.token_head is not None:
+        return f"{runtime} runs encoders without bge-m3's lexical head; they run on torch"
     if spec.trust_remote_code:
         return f"{runtime}: models with custom code (--trust-remote-code) run on torch"
     for dense in spec.dense:

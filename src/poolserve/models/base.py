@@ -80,6 +80,22 @@ SPARSE = "sparse"  # the backend returns SPLADE weights, one per vocabulary entr
 
 
 @dataclass(frozen=True)
+class LexicalWeights:
+    """bge-m3's lexical (sparse) head as the serving layer needs it (models/bge_m3.py).
+
+    The backend gives ``sparse_linear(hidden)`` per token (per_token ``head``, one
+    column); serving applies relu and then either vLLM's ``token_classify`` shape (one
+    weight per token, the first row dropped when it is ``bos_token_id`` and the last when
+    it is ``eos_token_id``) or FlagEmbedding's lexical weights (``unused_token_ids``
+    dropped, zeros dropped, the largest weight per token id).
+    """
+
+    bos_token_id: int | None
+    eos_token_id: int | None
+    unused_token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """Facts about the served model that the serving layer needs (no tensors).
 
@@ -114,6 +130,11 @@ class ModelInfo:
     logit_sigma: float | None = None
     # /pooling ``task`` values beyond the served one: token_embed, token_classify
     token_tasks: tuple[str, ...] = ()
+    # The /pooling task of a request that names none (None: the served task's output);
+    # --pooler-config task "token_classify" on bge-m3 sets it, as vLLM serves that task.
+    pooling_task: str | None = None
+    # bge-m3's lexical weights (token_classify, TEI /embed_sparse); None: no such head
+    lexical: LexicalWeights | None = None
 
     def dimensions_problem(self, d: int, model: str) -> str | None:
         """Why ``d`` matryoshka dimensions cannot be served (vLLM's words), or None.
@@ -143,6 +164,19 @@ class ModelInfo:
     def is_cross_encoder(self) -> bool:
         """A sequence classifier with one label: it scores text pairs."""
         return self.head == CLASSIFIER and self.num_labels == 1
+
+    def sparse_problem(self) -> str | None:
+        """Why this model gives no sparse weights, naming what it lacks; None when it
+        gives them (a SPLADE model, or bge-m3's lexical head). The one rule for TEI's
+        /embed_sparse and /pooling's ``token_classify`` on an embedding model."""
+        if self.head == SPARSE or self.lexical is not None:
+            return None
+        # TEI's words first (its clients may match them), then what is missing.
+        return (
+            "Model is not an embedding model with SPLADE pooling, nor bge-m3 with lexical "
+            "weights: it has no sparse head (a SparseEncoder folder's SpladePooling, or "
+            "bge-m3's sparse_linear.pt)"
+        )
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 from ..config import ModelConfig
 from ..errors import ModelLoadError
 from .base import CLASSIFIER, EMBEDDING, SPARSE, TOKENS, InputRules, ModelInfo
+from .bge_m3 import lexical_pooler, with_lexical
 from .heads import is_multi_label, label_names, num_labels, resolve_score_activation
 from .pooler_config import KEYS as POOLER_KEYS
 from .pooler_config import (
@@ -33,7 +34,7 @@ from .pooler_config import (
     requested_task,
 )
 from .resolve import resolve_model_dir
-from .sparse import SparseFolder, read_sparse_folder
+from .sparse import SparseFolder, sparse_folder
 from .st_config import (
     CrossEncoderFolder,
     DenseSpec,
@@ -95,8 +96,12 @@ class ModelSpec:
     decoder_head: bool = False
     # A cross-encoder's score activation as a dotted class path (see heads.py).
     score_activation: str | None = None
-    # A SPLADE model's activation before pooling (relu | log1p_relu; see sparse.py).
+    # SPLADE: the activation before pooling (relu | log1p_relu), vLLM's ends rule (sparse.py)
     sparse_activation: str | None = None
+    sparse_drop_ends: bool = False
+    # bge-m3's sparse_linear.pt: a Linear state dict run on every token for per-token
+    # ``head`` rows (its lexical weights; see bge_m3.py).
+    token_head: Path | None = None
     trust_remote_code: bool = False
 
     @property
@@ -300,6 +305,7 @@ def _describe_sparse(
         pooling_modes=(sparse.pooling,),
         pad_token_id=int(getattr(tokenizer, "pad_token_id", None) or 0),
         sparse_activation=sparse.activation,
+        sparse_drop_ends=sparse.drop_ends,
         trust_remote_code=cfg.trust_remote_code,
     )
 
@@ -352,17 +358,18 @@ def describe(cfg: ModelConfig) -> ModelSpec:
     pooler = read_pooler_config(cfg.override_pooler_config)
 
     root = resolve_model_dir(cfg.model, cfg.revision)
+    if (sparse := sparse_folder(root, cfg)) is not None:  # SPLADE (sparse.py)
+        return _describe_sparse(cfg, root, sparse, pooler)
     st: STPipeline | None = None
     cross: CrossEncoderFolder | None = None
     if is_sentence_transformers_folder(root):
-        if st_model_type(root) == "SparseEncoder":
-            return _describe_sparse(cfg, root, read_sparse_folder(root), pooler)
         if st_model_type(root) == "CrossEncoder":
             cross = read_cross_encoder_folder(root)
         else:
             st = read_st_pipeline(root)
     model_dir = st.transformer_path if st else cross.transformer_path if cross else root
     hf_config = _read_config(model_dir, cfg)
+    pooler, lexical = lexical_pooler(pooler, (model_dir, root), hf_config)  # bge-m3
     task, head = resolve_task(
         requested_task(cfg, pooler, is_decoder(hf_config) and not has_seq_cls_arch(hf_config)),
         hf_config,
@@ -443,6 +450,8 @@ def describe(cfg: ModelConfig) -> ModelSpec:
     )
     if pooler.dimensions is not None:
         info = dataclasses.replace(info, default_dimensions=default_dimensions(pooler, info))
+    if lexical is not None:
+        info = with_lexical(info, lexical, tokenizer, hf_config)
     score_activation = None
     if head == TOKENS:
         info = dataclasses.replace(
@@ -485,5 +494,6 @@ def describe(cfg: ModelConfig) -> ModelSpec:
         returned_token_ids=tuple(returned) if returned is not None else None,
         decoder_head=decoder_head,
         score_activation=score_activation,
+        token_head=lexical.sparse_linear if lexical is not None else None,
         trust_remote_code=cfg.trust_remote_code,
     )

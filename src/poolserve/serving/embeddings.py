@@ -272,7 +272,10 @@ async def pooled(
 ) -> tuple[Any, dict[str, Any]]:
     """What /pooling gives per input for ``req.task`` (default: the served task's): an
     array ``[n, width]``, or a list of ``[num_tokens, width]`` arrays for per-token
-    tasks; and usage. ``seqs``: the inputs already built (the offline API)."""
+    tasks; and usage. ``seqs``: the inputs already built (the offline API). A request
+    naming no task gets ``ModelInfo.pooling_task`` when the server set one."""
+    if req.task is None and ctx.info.pooling_task is not None:
+        req = req.model_copy(update={"task": ctx.info.pooling_task})
     if ctx.info.head == TOKENS:
         refuse_dimensions(req, "token_classify")
         return await pooled_token_output(ctx, req, seqs)

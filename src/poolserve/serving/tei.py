@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..models.base import SPARSE, TokenSeq
+from ..models.base import TokenSeq
 from ..models.post import cosine_rows
 from ..protocol.embeddings import EmbeddingRequest, PoolingRequest
 from ..protocol.score import ScoreRequest
@@ -31,6 +31,7 @@ from ..protocol.tei import (
 from .classify import class_probs
 from .context import ServingContext, dump_json, model_kind
 from .embeddings import embed as embed_vectors
+from .lexical import lexical_pairs
 from .score import score_pairs, top_order
 from .tei_inputs import (
     TeiError,
@@ -95,20 +96,25 @@ async def embed(ctx: ServingContext, req: TeiEmbedRequest) -> bytes:
 
 async def embed_sparse(ctx: ServingContext, req: TeiEmbedAllRequest) -> bytes:
     """POST /embed_sparse: ``[[{"index": token_id, "value": weight}, ...], ...]``, the
-    non-zero SPLADE weights of each input by vocabulary id (a sparse model only)."""
+    non-zero SPLADE weights of each input by vocabulary id, or bge-m3's lexical weights
+    (serving/lexical.py); any other model: TEI's 424 naming what it lacks."""
     batch, inputs = split_inputs(req.inputs)
     if batch:
         check_batch(ctx, len(inputs))
-    if ctx.info.head != SPARSE:
-        raise not_served("Model is not an embedding model with SPLADE pooling")
+    problem = ctx.info.sparse_problem()
+    if problem is not None:
+        raise not_served(problem)
     seqs = await sequences(
         ctx, inputs, truncate=req.truncate, side=req.side(), prompt_name=req.prompt_name
     )
-    vectors = await _vectors(ctx, seqs, normalize=False, dimensions=None)
-    rows = []
-    for row in vectors:
-        (ids,) = np.nonzero(row)
-        rows.append([{"index": int(i), "value": float(row[i])} for i in ids])
+    if ctx.info.lexical is not None:  # bge-m3
+        rows = await lexical_pairs(ctx, seqs)
+    else:  # SPLADE: the non-zero entries of its vocabulary vector
+        vectors = await _vectors(ctx, seqs, normalize=False, dimensions=None)
+        rows = []
+        for row in vectors:
+            (ids,) = np.nonzero(row)
+            rows.append([{"index": int(i), "value": float(row[i])} for i in ids])
     return await dump_json(rows, floats=sum(len(r) for r in rows))
 
 

@@ -8,7 +8,10 @@ Promises:
 - ``task: "token_embed"`` (models listing it in ``ModelInfo.token_tasks``) gives every
   token's last hidden state, L2-normalized unless ``normalize`` is false;
 - ``task: "token_classify"`` on a decoder classifier gives its head on every token,
-  with the classification activation per row unless ``activation`` is false;
+  with the classification activation per row unless ``activation`` is false; on
+  bge-m3 its lexical weights, one per token (serving/lexical.py);
+- ``task: "token_classify"`` on an embedding model without such a head is a 400 naming
+  what it lacks (ModelInfo.sparse_problem, TEI's /embed_sparse rule);
 - any other ``task`` the model does not serve is a 400 listing the ones it does.
 """
 
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequest
-from ..models.base import CLASSIFIER, TokenSeq
+from ..models.base import CLASSIFIER, EMBEDDING, TokenSeq
 from ..models.post import classify_probs, finish_embeddings, softmax
 from ..protocol.embeddings import PoolingRequest
 from .context import (
@@ -31,6 +34,7 @@ from .context import (
     resolve_switch,
     usage,
 )
+from .lexical import token_rows
 from .prompts import sequences_for
 
 PER_TOKEN_TASKS = ("token_embed", "token_classify")
@@ -51,9 +55,11 @@ def check_pooling_task(ctx: ServingContext, task: str | None, served: str) -> No
     per-token tasks."""
     supported = (served, *(t for t in ctx.info.token_tasks if t != served))
     if task is not None and task not in supported:
+        lacks = ctx.info.sparse_problem() if task == "token_classify" else None
         raise InvalidRequest(
             f"task {task!r} is not supported by this model on /pooling "
-            f"(supported: {', '.join(supported)})",
+            f"(supported: {', '.join(supported)})"
+            + (f": {lacks}" if lacks and ctx.info.head == EMBEDDING else ""),
             param="task",
         )
 
@@ -121,6 +127,8 @@ async def per_token_output(
     rows = [np.asarray(o, dtype=np.float32) for o in outputs]
     if task == "token_embed" and (activate or dimensions is not None):
         rows = [finish_embeddings(r, dimensions=dimensions, normalize=activate) for r in rows]
+    elif task == "token_classify" and ctx.info.lexical is not None:  # bge-m3: relu, no probs
+        rows = token_rows(rows, seqs, ctx.info.lexical, activate=activate)
     elif activate:
         rows = [classify_probs(r, multi_label=ctx.info.multi_label) for r in rows]
     return rows, usage(seqs)

@@ -100,6 +100,7 @@ class TorchEmbeddingBackend(TorchBackend):
         *,
         pooling_modes: tuple[str, ...],
         dense: Sequence[nn.Module] = (),
+        token_head: nn.Module | None = None,
         pad_token_id: int = 0,
         uses_token_type_ids: bool = False,
         device: torch.device,
@@ -116,14 +117,18 @@ class TorchEmbeddingBackend(TorchBackend):
         )
         self.pooling_modes = pooling_modes
         self.dense = nn.Sequential(*dense).to(device).float().eval() if dense else None
+        # bge-m3's sparse_linear: run in float32 on every token's hidden state, as the
+        # Dense layers are (a float16 model's weights would round the lexical weights).
+        self.token_head = token_head.to(device).float().eval() if token_head else None
 
     @torch.inference_mode()
     def forward(self, batch: Batch) -> np.ndarray | list[np.ndarray]:
         """Pooled vectors [len(batch), dim] as float32 numpy (rows are the outputs).
 
         A sequence with ``per_token`` gets its per-token rows ``[num_tokens, width]``
-        instead (``hidden``: the hidden states; ``head``: the post-pooling modules on
-        every token), and the batch's outputs are then a list.
+        instead (``hidden``: the hidden states; ``head``: ``token_head`` when there is
+        one, else the post-pooling modules, on every token), and the batch's outputs
+        are then a list.
         """
         inputs = self._tensors(batch)
         hidden = self.model(**inputs).last_hidden_state
@@ -145,8 +150,9 @@ class TorchEmbeddingBackend(TorchBackend):
                 rows.append(out[i])
                 continue
             tokens = hidden[i, keep[i]].float()
-            if seq.per_token == "head" and self.dense is not None:
-                tokens = self.dense(tokens)
+            head = self.token_head if self.token_head is not None else self.dense
+            if seq.per_token == "head" and head is not None:
+                tokens = head(tokens)
             rows.append(tokens.cpu().numpy())
         return rows
 
@@ -217,9 +223,11 @@ class TorchSparseBackend(TorchBackend):
 
     ``log(1 + relu(logit))`` (``log1p_relu``: log1p once more) of every real token's
     vocabulary logits, pooled over the tokens by max or sum (models/sparse.py), as
-    sentence-transformers' SpladePooling. The vocabulary logits are the big tensor
-    (rows x tokens x vocabulary), so the batch runs in slices of about
-    ``logit_budget`` floats.
+    sentence-transformers' SpladePooling. With ``drop_ends`` (cls id, sep id: vLLM's
+    SPLADE launch line) a first token equal to the cls id and a last real token equal
+    to the sep id are left out of the pooling (a row left with no token is all zeros).
+    The vocabulary logits are the big tensor (rows x tokens x vocabulary), so the batch
+    runs in slices of about ``logit_budget`` floats.
     """
 
     def __init__(
@@ -228,12 +236,14 @@ class TorchSparseBackend(TorchBackend):
         *,
         pooling: str,
         activation: str,
+        drop_ends: tuple[int | None, int | None] | None = None,
         logit_budget: int = 1 << 25,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
         self.pooling = pooling
         self.activation = activation
+        self.drop_ends = drop_ends
         self.logit_budget = logit_budget
         self.vocab = int(getattr(model.config, "vocab_size"))  # noqa: B009 (a Module attr)
 
@@ -251,6 +261,23 @@ class TorchSparseBackend(TorchBackend):
         weights = torch.log1p(torch.relu(self.model(**inputs).logits.float()))
         if self.activation == "log1p_relu":
             weights = torch.log1p(weights)
-        weights = weights * inputs["attention_mask"].unsqueeze(-1).to(weights.dtype)
+        mask = inputs["attention_mask"]
+        if self.drop_ends is not None:
+            mask = self._without_ends(inputs["input_ids"], mask)
+        weights = weights * mask.unsqueeze(-1).to(weights.dtype)
         pooled = weights.amax(dim=1) if self.pooling == "max" else weights.sum(dim=1)
         return pooled.cpu().numpy()
+
+    def _without_ends(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``mask`` with a leading cls id and a trailing sep id cleared (rows padded on
+        the right, as this backend pads them)."""
+        assert self.drop_ends is not None
+        cls_id, sep_id = self.drop_ends
+        rows = torch.arange(ids.size(0), device=ids.device)
+        last = mask.sum(dim=1) - 1  # the last real token of each row
+        out = mask.clone()
+        if cls_id is not None:
+            out[:, 0] *= (ids[:, 0] != cls_id).to(out.dtype)
+        if sep_id is not None:
+            out[rows, last] *= (ids[rows, last] != sep_id).to(out.dtype)
+        return out

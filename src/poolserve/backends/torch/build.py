@@ -61,6 +61,25 @@ def load_module(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> to
     return model.to(device).eval()
 
 
+def load_token_head(spec: ModelSpec) -> torch.nn.Linear:
+    """bge-m3's ``sparse_linear.pt``: a ``Linear(hidden, k)`` state dict (``weight``
+    ``[k, hidden]``, optional ``bias``), read without unpickling code."""
+    assert spec.token_head is not None
+    try:
+        state = torch.load(spec.token_head, map_location="cpu", weights_only=True)
+        weight = state["weight"]
+        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
+        linear.load_state_dict(state)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load {spec.token_head} as a Linear layer: {exc}") from exc
+    hidden = int(getattr(spec.hf_config, "hidden_size", 0) or 0)
+    if hidden and linear.in_features != hidden:
+        raise ModelLoadError(
+            f"{spec.token_head}: {linear.in_features} inputs, the model's hidden size is {hidden}"
+        )
+    return linear
+
+
 def build_torch(spec: ModelSpec, cfg: ModelConfig) -> Runnable:
     """Load ``spec``'s weights and return the torch backend for its head kind."""
     if cfg.quantization is not None:
@@ -95,10 +114,15 @@ def _backend(
     pad_id = spec.pad_token_id
     if spec.head == SPARSE:
         assert spec.sparse_activation is not None
+        ends = None
+        if spec.sparse_drop_ends:  # vLLM reads the ids from the model config
+            hf = spec.hf_config
+            ends = (getattr(hf, "cls_token_id", None), getattr(hf, "sep_token_id", None))
         return TorchSparseBackend(
             model,
             pooling=spec.pooling_modes[0],
             activation=spec.sparse_activation,
+            drop_ends=ends,
             pad_token_id=pad_id,
             uses_token_type_ids=spec.rules.uses_token_type_ids,
             device=device,
@@ -134,6 +158,7 @@ def _backend(
         model,
         pooling_modes=spec.pooling_modes,
         dense=[load_dense(d) for d in spec.dense],
+        token_head=load_token_head(spec) if spec.token_head is not None else None,
         pad_token_id=pad_id,
         uses_token_type_ids=spec.rules.uses_token_type_ids,
         device=device,
