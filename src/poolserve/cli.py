@@ -191,7 +191,19 @@ def serve(config: Config, models: list[Config] | None = None) -> int:
 
 def _engines(models: list[Config]) -> int:
     """Engine processes per model of a models file: --data-parallel-size, which must be
-    the same for every model (give it on the command line or the file's top level)."""
+    the same for every model (give it on the command line or the file's top level).
+    PoolserveError, too, for a served name given to two models."""
+    from .runtime import served_names
+
+    seen: set[str] = set()
+    for each in models:
+        for name in served_names(each):
+            if name in seen:  # refused before any model loads
+                raise PoolserveError(
+                    f"served model name `{name}` is given to two models; each name must "
+                    "name one model"
+                )
+            seen.add(name)
     sizes = {max(1, each.engine.data_parallel_size) for each in models}
     if len(sizes) > 1:
         raise PoolserveError(

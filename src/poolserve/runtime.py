@@ -18,14 +18,12 @@ from .config import DEFAULT_MODEL_NAME, Config, ModelConfig
 from .engine import Engine
 from .engine.engine import EngineObserver
 from .engine.remote import RemoteEngine
-from .errors import ModelLoadError
 from .inputs.processor import InputProcessor
 from .metrics import Metrics
 from .models.activations import numpy_activation
 from .models.base import CLASSIFIER, TOKENS, Activation, Backend, InputRules, ModelInfo
 from .models.spec import ModelSpec, describe
 from .serving.context import ServingContext
-from .serving.router import ServedModels
 
 log = logging.getLogger("poolserve")
 
@@ -182,28 +180,6 @@ def build_context(
         metrics=metrics,
         max_client_batch_size=config.engine.max_client_batch_size,
     )
-
-
-def build_models(configs: list[Config]) -> ServedModels:
-    """Every model of a several-model server (``--config``), each loaded once with its
-    own engine, the cores shared out equally between them (a model's own
-    --model-workers still applies), so a busy model leaves the others their cores.
-
-    Raises ModelLoadError naming the model that failed; PoolserveError when two models
-    share a served name.
-    """
-    cores = len(os.sched_getaffinity(0))
-    share = max(1, cores // len(configs))
-    contexts: list[ServingContext] = []
-    for config in configs:
-        try:
-            ctx = build_context(
-                config, cores=share, metrics_of=contexts[0].metrics if contexts else None
-            )
-        except ModelLoadError as exc:
-            raise ModelLoadError(f"{served_names(config)[0]}: {exc}") from exc
-        contexts.append(ctx)
-    return ServedModels(contexts)
 
 
 def frontend_context(

@@ -121,3 +121,13 @@ def test_several_models_refuse_ray_serve_and_uneven_engines(tmp_path: Path) -> N
     path = _write(tmp_path, "models:\n  - model: a\n    data_parallel_size: 2\n  - model: b\n")
     assert main(["serve", "--config", path, "--ray-serve"]) == 1
     assert main(["serve", "--config", path, "--port", "0"]) == 1  # 2 engines vs 1
+
+
+def test_a_name_given_to_two_models_is_refused_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from poolserve.cli import main
+
+    path = _write(tmp_path, "models:\n  - model: a\n  - model: b\n")
+    assert main(["serve", "--config", path, "--served-model-name", "x"]) == 1
+    assert "`x` is given to two models" in capsys.readouterr().err

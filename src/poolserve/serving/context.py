@@ -33,7 +33,6 @@ _TOKEN_APIS = frozenset({"Pooling", "Tokenize"})
 # "embedding" (pooled vectors; /score and /rerank by cosine similarity),
 # "cross-encoder" (a sequence classifier with one label), "classifier" (2+ labels),
 # "tokens" (per-token rows: a reward model), "sparse" (SPLADE weights by vocabulary id).
-# "Sparse" is no vLLM API: it marks the models TEI's /embed_sparse is routed to.
 ENDPOINTS_BY_TASK: dict[tuple[str, str], frozenset[str]] = {
     ("embed", "embedding"): _EMBEDDING_APIS,
     ("score", "embedding"): _EMBEDDING_APIS,  # an embedding model: as embed
@@ -41,7 +40,7 @@ ENDPOINTS_BY_TASK: dict[tuple[str, str], frozenset[str]] = {
     ("classify", "cross-encoder"): _CROSS_ENCODER_APIS,  # /score when num_labels == 1
     ("classify", "classifier"): _CLASSIFIER_APIS,
     ("reward", "tokens"): _TOKEN_APIS,
-    ("embed", "sparse"): frozenset({"Embeddings", "Pooling", "Tokenize", "Sparse"}),
+    ("embed", "sparse"): frozenset({"Embeddings", "Pooling", "Tokenize"}),
 }
 
 
@@ -83,7 +82,11 @@ class ServingContext:
         return requested
 
     def enables(self, api: str) -> bool:
-        """True when the served task enables ``api`` (e.g. "Embeddings")."""
+        """True when the served task enables ``api`` (e.g. "Embeddings"); "Sparse" (no
+        vLLM API: what TEI's /embed_sparse is routed by) when the model gives sparse
+        weights."""
+        if api == "Sparse":
+            return self.info.sparse_problem() is None
         return api in ENDPOINTS_BY_TASK.get((self.info.task, model_kind(self.info)), ())
 
     def require(self, api: str) -> None:
