@@ -49,7 +49,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``tiny(kind, **kwargs) -> Path``; kind is "encoder", "st", "cross", "decoder" or
-    "sparse" (a SPLADE SparseEncoder folder).
+    "sparse" (a SPLADE SparseEncoder folder) or "colbert" (layout="colbert-ir" | "pylate").
 
     Cached per args."""
     cache: dict[str, Path] = {}
@@ -59,6 +59,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         "cross": tiny_models.build_cross_encoder,
         "decoder": tiny_models.build_decoder,
         "sparse": tiny_models.build_sparse_folder,
+        "colbert": tiny_models.build_colbert,
     }
 
     def build(kind: str, *args: Any, **kwargs: Any) -> Path:

@@ -21,6 +21,7 @@ from typing import Any
 from ..config import ModelConfig
 from ..errors import ModelLoadError
 from .base import CLASSIFIER, EMBEDDING, SPARSE, TOKENS, InputRules, ModelInfo
+from .colbert import read_colbert_layout
 from .heads import is_multi_label, label_names, num_labels, resolve_score_activation
 from .pooler_config import KEYS as POOLER_KEYS
 from .pooler_config import (
@@ -352,6 +353,11 @@ def describe(cfg: ModelConfig) -> ModelSpec:
     pooler = read_pooler_config(cfg.override_pooler_config)
 
     root = resolve_model_dir(cfg.model, cfg.revision)
+    colbert = read_colbert_layout(root)
+    if colbert is not None:  # a late-interaction model (models/colbert_spec.py)
+        from .colbert_spec import describe_colbert  # it builds on this module's readers
+
+        return describe_colbert(cfg, root, colbert, pooler)
     st: STPipeline | None = None
     cross: CrossEncoderFolder | None = None
     if is_sentence_transformers_folder(root):
