@@ -38,7 +38,7 @@ MARKERS = {"colbert-ir": ("[unused0]", "[unused1]"), "pylate": ("[Q] ", "[D] ")}
 class Reference:
     """colbert-ai / PyLate encoding from the folder's weights, written out here."""
 
-    def __init__(self, path: Path, layout: str) -> None:
+    def __init__(self, path: Path, layout: str, *, attend: bool = False) -> None:
         import torch
         from safetensors.torch import load_file
         from transformers import AutoTokenizer, BertModel
@@ -60,6 +60,7 @@ class Reference:
         }
         self.skip = {self.tok.convert_tokens_to_ids(p) for p in string.punctuation}
         self.torch = torch
+        self.attend = attend
 
     def ids(self, text: str, *, query: bool) -> tuple[list[int], list[int]]:
         length = QUERY_LENGTH if query else DOC_LENGTH
@@ -70,7 +71,7 @@ class Reference:
         mask = [1] * len(ids)
         if query:
             pad = length - len(ids)
-            ids, mask = ids + [self.tok.mask_token_id] * pad, mask + [0] * pad
+            ids, mask = ids + [self.tok.mask_token_id] * pad, mask + [int(self.attend)] * pad
         return ids, mask
 
     def vectors(self, text: str, *, query: bool) -> np.ndarray:
@@ -185,3 +186,17 @@ def test_sentence_transformers_multi_vector_encoder_agrees(
     want = np.asarray(model.similarity(queries, docs)[0], dtype=np.float32)
     resp = requests.post(url + "/score", json={"text_1": QUERIES[0], "text_2": DOCS}, timeout=60)
     np.testing.assert_allclose([d["score"] for d in resp.json()["data"]], want, atol=1e-4)
+
+
+def test_a_layout_that_attends_to_the_augmentation(tiny: Callable[..., Path]) -> None:
+    path = tiny("colbert", layout="colbert-ir", attend_expansion=True)
+    ref = Reference(path, "colbert-ir", attend=True)
+    with serve_in_thread(make_context(path, dtype="float32")) as url:
+        resp = requests.post(
+            url + "/pooling", json={"input": QUERIES, "input_type": "query"}, timeout=60
+        )
+        for text, rows in zip(QUERIES, _rows(resp, "data"), strict=True):
+            np.testing.assert_allclose(rows, ref.vectors(text, query=True), atol=1e-4)
+        # the [MASK] rows differ from the unattended ones: the switch reached the encoder
+        plain = Reference(path, "colbert-ir").vectors(QUERIES[1], query=True)
+        assert not np.allclose(_rows(resp, "data")[1], plain, atol=1e-3)

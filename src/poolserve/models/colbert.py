@@ -40,7 +40,8 @@ PYLATE = "pylate"
 _PYLATE_DENSE = "pylate.models.Dense.Dense"
 _IDENTITY = "torch.nn.modules.linear.Identity"
 _DEFAULT_QUERY_LENGTH = 32  # colbert-ai's and PyLate's default query_maxlen
-_DEFAULT_DOC_LENGTH = 180  # colbert-ai's default doc_maxlen (PyLate's too)
+_COLBERT_AI_DOC_LENGTH = 220  # colbert-ai's DocSettings default doc_maxlen
+_PYLATE_DOC_LENGTH = 180  # PyLate's default document_length
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def _read_colbert_ir(root: Path) -> ColbertLayout:
         query_marker=str(meta.get("query_token_id") or "[unused0]"),
         doc_marker=str(meta.get("doc_token_id") or "[unused1]"),
         query_length=int(meta.get("query_maxlen") or _DEFAULT_QUERY_LENGTH),
-        doc_length=int(meta.get("doc_maxlen") or _DEFAULT_DOC_LENGTH),
+        doc_length=int(meta.get("doc_maxlen") or _COLBERT_AI_DOC_LENGTH),
         # colbert-ai replaces every pad of a query by [MASK]: augmentation is not optional.
         query_expansion=True,
         attend_expansion=bool(meta.get("attend_to_mask_tokens", False)),
@@ -184,7 +185,7 @@ def _read_pylate(root: Path, modules: list[dict[str, Any]]) -> ColbertLayout:
         query_marker=str(cfg["query_prefix"]) if cfg.get("query_prefix") else None,
         doc_marker=str(cfg["document_prefix"]) if cfg.get("document_prefix") else None,
         query_length=int(cfg.get("query_length") or _DEFAULT_QUERY_LENGTH),
-        doc_length=int(cfg.get("document_length") or _DEFAULT_DOC_LENGTH),
+        doc_length=int(cfg.get("document_length") or _PYLATE_DOC_LENGTH),
         query_expansion=bool(cfg.get("do_query_expansion", True)),
         attend_expansion=bool(cfg.get("attend_to_expansion_tokens", False)),
         # PyLate skips punctuation in documents unless the folder lists other words.

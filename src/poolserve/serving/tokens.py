@@ -34,6 +34,11 @@ from .context import (
 from .prompts import sequences_for
 
 PER_TOKEN_TASKS = ("token_embed", "token_classify")
+# What a model must have for a per-token task (the 400 names it).
+_LACKS = {
+    "token_embed": "per-token vectors (token_embed: an embedding or late-interaction model)",
+    "token_classify": "per-token classifier head (token_classify)",
+}
 
 
 def refuse_dimensions(req: PoolingRequest, task: str) -> None:
@@ -51,9 +56,11 @@ def check_pooling_task(ctx: ServingContext, task: str | None, served: str) -> No
     per-token tasks."""
     supported = (served, *(t for t in ctx.info.token_tasks if t != served))
     if task is not None and task not in supported:
+        lacks = _LACKS.get(task)
         raise InvalidRequest(
-            f"task {task!r} is not supported by this model on /pooling "
-            f"(supported: {', '.join(supported)})",
+            f"task {task!r} is not supported by this model on /pooling"
+            + (f": it has no {lacks}" if lacks else "")
+            + f" (supported: {', '.join(supported)})",
             param="task",
         )
 
