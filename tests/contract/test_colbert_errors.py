@@ -42,6 +42,11 @@ def test_a_colbert_model_has_no_pooled_output(colbert_url: str) -> None:
 def test_a_colbert_model_scores_and_pools(colbert_url: str) -> None:
     body = ok(post(colbert_url, "/pooling", {"input": ["a b", "c"], "input_type": "query"}))
     assert [len(d["data"]) for d in body["data"]] == [12, 12]  # augmented to query_length
+    docs = ok(post(colbert_url, "/pooling", {"input": "a b"}))["data"][0]["data"]
+    assert len(docs) == 5  # [CLS] [D] a b [SEP]
+    tei = post(colbert_url, "/embed_all", {"inputs": "a b"})
+    assert tei.status_code == 200, tei.text
+    assert len(tei.json()[0]) == 5  # the same tokens, raw projections
     body = ok(post(colbert_url, "/rerank", {"query": "a", "documents": ["a b", "c"]}))
     assert sorted(r["index"] for r in body["results"]) == [0, 1]
 

@@ -6,7 +6,8 @@ Promises:
   served pooler's ``softmax``, off unless --override-pooler-config turns it on) applies
   a softmax over each row; the other switches are a 400;
 - ``task: "token_embed"`` (models listing it in ``ModelInfo.token_tasks``) gives every
-  token's last hidden state, L2-normalized unless ``normalize`` is false;
+  token's last hidden state, L2-normalized unless ``normalize`` is false (a ColBERT
+  model: its projected token vectors, serving/late_interaction.py);
 - ``task: "token_classify"`` on a decoder classifier gives its head on every token,
   with the classification activation per row unless ``activation`` is false;
 - any other ``task`` the model does not serve is a 400 listing the ones it does.
@@ -31,6 +32,7 @@ from .context import (
     resolve_switch,
     usage,
 )
+from .late_interaction import colbert_pooling, is_late_interaction
 from .prompts import sequences_for
 
 PER_TOKEN_TASKS = ("token_embed", "token_classify")
@@ -97,6 +99,9 @@ async def per_token_output(
     ``token_embed`` rows are cut to ``dimensions`` (matryoshka) before normalizing."""
     task = req.task
     assert task in PER_TOKEN_TASKS
+    if is_late_interaction(ctx) and task == "token_embed":
+        # a ColBERT model's token vectors: marked inputs, its projection (TEI /embed_all)
+        return await colbert_pooling(ctx, req, seqs)
     check_pooling_task(ctx, task, "classify" if ctx.info.head == CLASSIFIER else "embed")
     check_priority(req)
     dimensions = None
