@@ -200,3 +200,18 @@ def test_a_layout_that_attends_to_the_augmentation(tiny: Callable[..., Path]) ->
         # the [MASK] rows differ from the unattended ones: the switch reached the encoder
         plain = Reference(path, "colbert-ir").vectors(QUERIES[1], query=True)
         assert not np.allclose(_rows(resp, "data")[1], plain, atol=1e-3)
+
+
+def test_the_offline_api_scores_and_encodes_alike(tiny: Callable[..., Path]) -> None:
+    from poolserve.llm import LLM
+
+    path = tiny("colbert", layout="colbert-ir")
+    ref = Reference(path, "colbert-ir")
+    with LLM(model=str(path), dtype="float32") as llm:
+        scored = llm.score(QUERIES[0], DOCS[:2], use_tqdm=False)
+        want = [ref.maxsim(QUERIES[0], d) for d in DOCS[:2]]
+        np.testing.assert_allclose([s.outputs.score for s in scored], want, atol=1e-4)
+        out = llm.encode(DOCS[:1], pooling_task="token_embed", use_tqdm=False)
+        np.testing.assert_allclose(
+            out[0].outputs.data.numpy(), ref.vectors(DOCS[0], query=False), atol=1e-4
+        )
