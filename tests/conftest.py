@@ -50,7 +50,8 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``tiny(kind, **kwargs) -> Path``; kind is "encoder", "st", "cross", "decoder",
-    "sparse" (a SPLADE SparseEncoder folder) or "bge-m3" (XLM-R with bge-m3's heads).
+    "sparse" (a SPLADE SparseEncoder folder), "bge-m3" (XLM-R with bge-m3's heads) or
+    "colbert" (layout="colbert-ir" | "pylate").
 
     Cached per args."""
     cache: dict[str, Path] = {}
@@ -61,6 +62,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         "decoder": tiny_models.build_decoder,
         "sparse": tiny_models.build_sparse_folder,
         "bge-m3": tiny_models.build_bge_m3,
+        "colbert": tiny_models.build_colbert,
     }
 
     def build(kind: str, *args: Any, **kwargs: Any) -> Path:

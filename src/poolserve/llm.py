@@ -356,8 +356,8 @@ class LLM:
         tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[ScoringRequestOutput]:
         """One score per pair (1:1, 1:N or N:N, as POST /score pairs them): a
-        cross-encoder's (activated unless ``activation=False``), or the cosine of two
-        embeddings."""
+        cross-encoder's (activated unless ``activation=False``), the cosine of two
+        embeddings, or a late-interaction (ColBERT) model's MaxSim."""
         self._no_lora(lora_request)
         self.ctx.require("Score")
         params = _params_of(pooling_params)

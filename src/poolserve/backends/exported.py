@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ModelLoadError
 from ..models.activations import numpy_activation
-from ..models.base import CLASSIFIER, EMBEDDING, SPARSE, Batch, TokenSeq
+from ..models.base import CLASSIFIER, COLBERT, EMBEDDING, SPARSE, Batch, TokenSeq
 from ..models.spec import ModelSpec
 from .padding import pad_batch
 
@@ -28,7 +28,8 @@ def exportable(spec: ModelSpec, runtime: str) -> str | None:
     if spec.decoder:
         return f"{runtime} runs encoders; decoder (causal LM) models run on the torch backend"
     if spec.head not in (EMBEDDING, CLASSIFIER):
-        kind = "sparse (SPLADE)" if spec.head == SPARSE else "per-token (reward)"
+        kinds = {SPARSE: "sparse (SPLADE)", COLBERT: "late-interaction (ColBERT)"}
+        kind = kinds.get(spec.head, "per-token (reward)")
         return f"{runtime} runs encoders; {kind} models run on the torch backend"
     if spec.token_head is not None:
         return f"{runtime} runs encoders without bge-m3's lexical head; they run on torch"

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .colbert import ColbertRules
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +25,9 @@ class TokenSeq:
     skip (sentence-transformers' ``include_prompt=False``); 0 otherwise.
     ``per_token`` asks for per-token rows instead of the pooled output: ``hidden``
     (the last hidden states: /pooling ``token_embed``) or ``head`` (the classifier head
-    on every token: ``token_classify``); empty for the pooled output.
+    on every token: ``token_classify``) or ``query`` (a ColBERT query: its trailing
+    [MASK] augmentation is not attended to, see models/late_interaction.py); empty for
+    the pooled output.
     """
 
     token_ids: np.ndarray  # int32 [n]; any int sequence given is converted
@@ -77,6 +82,8 @@ EMBEDDING = "embedding"  # the backend returns pooled vectors
 CLASSIFIER = "classifier"  # the backend returns *ForSequenceClassification logits
 TOKENS = "tokens"  # the backend returns per-token rows [num_tokens, dimension] (reward)
 SPARSE = "sparse"  # the backend returns SPLADE weights, one per vocabulary entry
+# the backend returns every token's projected (not yet normalized) ColBERT vector
+COLBERT = "colbert"
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,8 @@ class ModelInfo:
     pooling_task: str | None = None
     # bge-m3's lexical weights (token_classify, TEI /embed_sparse); None: no such head
     lexical: LexicalWeights | None = None
+    # a late-interaction (ColBERT) model's markers, lengths and skiplist; else None
+    colbert: ColbertRules | None = None
 
     def dimensions_problem(self, d: int, model: str) -> str | None:
         """Why ``d`` matryoshka dimensions cannot be served (vLLM's words), or None.

@@ -22,6 +22,7 @@ from ..config import ModelConfig
 from ..errors import ModelLoadError
 from .base import CLASSIFIER, EMBEDDING, SPARSE, TOKENS, InputRules, ModelInfo
 from .bge_m3 import lexical_pooler, with_lexical
+from .colbert import read_colbert_layout
 from .heads import is_multi_label, label_names, num_labels, resolve_score_activation
 from .pooler_config import KEYS as POOLER_KEYS
 from .pooler_config import (
@@ -360,6 +361,11 @@ def describe(cfg: ModelConfig) -> ModelSpec:
     root = resolve_model_dir(cfg.model, cfg.revision)
     if (sparse := sparse_folder(root, cfg)) is not None:  # SPLADE (sparse.py)
         return _describe_sparse(cfg, root, sparse, pooler)
+    colbert = read_colbert_layout(root)
+    if colbert is not None:  # a late-interaction model (models/colbert_spec.py)
+        from .colbert_spec import describe_colbert  # it builds on this module's readers
+
+        return describe_colbert(cfg, root, colbert, pooler)
     st: STPipeline | None = None
     cross: CrossEncoderFolder | None = None
     if is_sentence_transformers_folder(root):

@@ -30,6 +30,9 @@ class EmbeddingRequest(Request, ActivationSwitches, ChatFields):
     truncate_prompt_tokens: TruncateTokens = None
     truncation_side: TruncationSide = None
     add_special_tokens: StrictBool | None = None
+    # poolserve: late-interaction (ColBERT) models mark inputs as "query" or "document"
+    # (the default); other models refuse it (serving/late_interaction.py).
+    input_type: StrictStr | None = None
     # Newest vLLM's fields poolserve refuses rather than ignores (serving/prompts.py).
     padding: Literal["max_length", "do_not_pad"] | None = None
     late_chunking_params: dict[str, Any] | None = None

@@ -14,7 +14,7 @@ from ..engine import EngineHandle
 from ..errors import InvalidRequest, ModelNotFound, RequestTooLarge
 from ..inputs.processor import InputProcessor, context_error
 from ..metrics import Metrics
-from ..models.base import CLASSIFIER, SPARSE, TOKENS, ModelInfo, TokenSeq
+from ..models.base import CLASSIFIER, COLBERT, SPARSE, TOKENS, ModelInfo, TokenSeq
 from .tokenizer_thread import TokenizerThread
 
 T = TypeVar("T")
@@ -32,7 +32,8 @@ _TOKEN_APIS = frozenset({"Pooling", "Tokenize"})
 # API names as in vLLM's "The model does not support X API". Kinds (see model_kind):
 # "embedding" (pooled vectors; /score and /rerank by cosine similarity),
 # "cross-encoder" (a sequence classifier with one label), "classifier" (2+ labels),
-# "tokens" (per-token rows: a reward model), "sparse" (SPLADE weights by vocabulary id).
+# "tokens" (per-token rows: a reward model), "sparse" (SPLADE weights by vocabulary id),
+# "colbert" (late interaction: per-token vectors; /score and /rerank by MaxSim).
 ENDPOINTS_BY_TASK: dict[tuple[str, str], frozenset[str]] = {
     ("embed", "embedding"): _EMBEDDING_APIS,
     ("score", "embedding"): _EMBEDDING_APIS,  # an embedding model: as embed
@@ -41,15 +42,20 @@ ENDPOINTS_BY_TASK: dict[tuple[str, str], frozenset[str]] = {
     ("classify", "classifier"): _CLASSIFIER_APIS,
     ("reward", "tokens"): _TOKEN_APIS,
     ("embed", "sparse"): frozenset({"Embeddings", "Pooling", "Tokenize"}),
+    # per-token vectors (/v1/embeddings too, as vLLM serves a token_embed model); MaxSim
+    ("embed", "colbert"): _EMBEDDING_APIS,
 }
 
 
 def model_kind(info: ModelInfo) -> str:
-    """``embedding``, ``cross-encoder`` (one label), ``classifier`` (2+ labels) or ``tokens``."""
+    """``embedding``, ``cross-encoder`` (one label), ``classifier`` (2+ labels), ``tokens``,
+    ``sparse`` or ``colbert``."""
     if info.head == TOKENS:
         return "tokens"
     if info.head == SPARSE:
         return "sparse"
+    if info.head == COLBERT:
+        return "colbert"
     if info.head != CLASSIFIER:
         return "embedding"
     return "cross-encoder" if info.num_labels == 1 else "classifier"

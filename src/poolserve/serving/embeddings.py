@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InvalidRequest
 from ..models.base import CLASSIFIER, TOKENS, TokenSeq
 from ..models.post import combine_windows, finish_embeddings
 from ..protocol.embeddings import EmbeddingRequest, PoolingRequest
@@ -23,6 +24,7 @@ from .context import (
     resolve_switch,
     usage,
 )
+from .late_interaction import colbert_pooling, is_late_interaction, refuse_input_type
 from .prompts import sequences_for
 from .tokens import (
     PER_TOKEN_TASKS,
@@ -56,6 +58,12 @@ async def embed(
     The one embedding path: the HTTP handlers and the offline API both call it.
     ``seqs``: the inputs already built (the offline API); else from ``req``.
     """
+    if is_late_interaction(ctx):
+        raise InvalidRequest(
+            "this late-interaction (ColBERT) model has no pooled embedding: it gives "
+            "per-token vectors (/pooling, task token_embed) and MaxSim scores (/score, /rerank)"
+        )
+    refuse_input_type(ctx, req)
     dimensions = check_dimensions(ctx, req.dimensions, model)
     normalize = _normalize_flag(ctx, req)
     check_priority(req)
@@ -254,6 +262,9 @@ async def create_embeddings(ctx: ServingContext, req: EmbeddingRequest, request_
     """Answer POST /v1/embeddings: the response JSON bytes, or an :class:`OctetBody`."""
     ctx.require("Embeddings")
     model = ctx.model_name(req.model)
+    if is_late_interaction(ctx):  # vLLM answers a token_embed model with token matrices
+        rows, used = await colbert_pooling(ctx, req)
+        return await _answer(req, rows, used, f"embd-{request_id}", model, "embedding")
     vectors, used = await embed(ctx, req, model)
     return await _answer(req, vectors, used, f"embd-{request_id}", model, "embedding")
 
@@ -274,6 +285,9 @@ async def pooled(
     array ``[n, width]``, or a list of ``[num_tokens, width]`` arrays for per-token
     tasks; and usage. ``seqs``: the inputs already built (the offline API). A request
     naming no task gets ``ModelInfo.pooling_task`` when the server set one."""
+    if is_late_interaction(ctx):
+        return await colbert_pooling(ctx, req, seqs)
+    refuse_input_type(ctx, req)
     if req.task is None and ctx.info.pooling_task is not None:
         req = req.model_copy(update={"task": ctx.info.pooling_task})
     if ctx.info.head == TOKENS:

@@ -7,6 +7,8 @@ Promises:
   sentence-transformers' activation of the logit (``activation=false``: the logit);
 - an embedding model embeds each distinct text of the request once and scores by
   cosine similarity; an activation switch is a 400 there;
+- a late-interaction (ColBERT) model scores by MaxSim of the texts' per-token vectors
+  (serving/late_interaction.py), ``text_1`` as queries, ``text_2`` as documents;
 - every pair goes through the engine as its own sequence, so a large rerank is split
   into batches by the token budget like any other traffic;
 - ``usage`` sums the pair token counts (cross-encoder: the tokenized pair; embedding
@@ -28,6 +30,7 @@ from ..protocol.score import RerankRequest, ScoreRequest
 from .classify import activation_flag, classifier_logits
 from .context import ServingContext, check_priority, dump_json, token_usage
 from .embeddings import embed_sequences
+from .late_interaction import is_late_interaction, maxsim_pairs
 
 _PURPOSE = "score"
 
@@ -103,9 +106,14 @@ async def score_pairs(
         if getattr(req, name, None) is not None:
             raise InvalidRequest(
                 f"`{name}` does not apply to embedding models: their scores are cosine "
-                "similarities",
+                "similarities (late-interaction models: MaxSim)",
                 param=name,
             )
+    if is_late_interaction(ctx):  # per-token vectors: MaxSim
+        scores, tokens, seqs, rows = await maxsim_pairs(
+            ctx, firsts, seconds, truncate=truncate, side=side
+        )
+        return Scored(scores, tokens, seqs, rows)
     # Each distinct text once: a 1:N request embeds text_1 a single time.
     distinct = list(dict.fromkeys([*firsts, *seconds]))
     seqs = await ctx.tokenizer.texts(

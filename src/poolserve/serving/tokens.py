@@ -6,7 +6,8 @@ Promises:
   served pooler's ``softmax``, off unless --override-pooler-config turns it on) applies
   a softmax over each row; the other switches are a 400;
 - ``task: "token_embed"`` (models listing it in ``ModelInfo.token_tasks``) gives every
-  token's last hidden state, L2-normalized unless ``normalize`` is false;
+  token's last hidden state, L2-normalized unless ``normalize`` is false (a ColBERT
+  model: its projected token vectors, serving/late_interaction.py);
 - ``task: "token_classify"`` on a decoder classifier gives its head on every token,
   with the classification activation per row unless ``activation`` is false; on
   bge-m3 its lexical weights, one per token (serving/lexical.py);
@@ -34,10 +35,16 @@ from .context import (
     resolve_switch,
     usage,
 )
+from .late_interaction import colbert_pooling, is_late_interaction
 from .lexical import token_rows
 from .prompts import sequences_for
 
 PER_TOKEN_TASKS = ("token_embed", "token_classify")
+# What a model must have for a per-token task (the 400 names it).
+_LACKS = {
+    "token_embed": "per-token vectors (token_embed: an embedding or late-interaction model)",
+    "token_classify": "per-token classifier head (token_classify)",
+}
 
 
 def refuse_dimensions(req: PoolingRequest, task: str) -> None:
@@ -55,11 +62,13 @@ def check_pooling_task(ctx: ServingContext, task: str | None, served: str) -> No
     per-token tasks."""
     supported = (served, *(t for t in ctx.info.token_tasks if t != served))
     if task is not None and task not in supported:
-        lacks = ctx.info.sparse_problem() if task == "token_classify" else None
+        sparse = ctx.info.sparse_problem() if task == "token_classify" else None
+        lacks = sparse if sparse and ctx.info.head == EMBEDDING else None
+        if lacks is None and task in _LACKS:
+            lacks = f"it has no {_LACKS[task]}"
         raise InvalidRequest(
             f"task {task!r} is not supported by this model on /pooling "
-            f"(supported: {', '.join(supported)})"
-            + (f": {lacks}" if lacks and ctx.info.head == EMBEDDING else ""),
+            f"(supported: {', '.join(supported)})" + (f": {lacks}" if lacks else ""),
             param="task",
         )
 
@@ -96,6 +105,9 @@ async def per_token_output(
     ``token_embed`` rows are cut to ``dimensions`` (matryoshka) before normalizing."""
     task = req.task
     assert task in PER_TOKEN_TASKS
+    if is_late_interaction(ctx) and task == "token_embed":
+        # a ColBERT model's token vectors: marked inputs, its projection (TEI /embed_all)
+        return await colbert_pooling(ctx, req, seqs)
     check_pooling_task(ctx, task, "classify" if ctx.info.head == CLASSIFIER else "embed")
     check_priority(req)
     dimensions = None

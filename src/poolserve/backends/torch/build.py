@@ -14,7 +14,7 @@ import torch
 
 from ...config import ModelConfig
 from ...errors import ModelLoadError
-from ...models.base import CLASSIFIER, SPARSE, TOKENS
+from ...models.base import CLASSIFIER, COLBERT, SPARSE, TOKENS
 from ...models.spec import ModelSpec
 from .. import Runnable
 from .backend import (
@@ -24,6 +24,7 @@ from .backend import (
     TorchSparseBackend,
     TorchTokenBackend,
 )
+from .colbert import TorchColbertBackend, load_projection
 from .decoder import head_from_tokens, split_model
 from .device import resolve_device, resolve_dtype
 from .onednn import accelerate_cpu_fp32
@@ -123,6 +124,18 @@ def _backend(
             pooling=spec.pooling_modes[0],
             activation=spec.sparse_activation,
             drop_ends=ends,
+            pad_token_id=pad_id,
+            uses_token_type_ids=spec.rules.uses_token_type_ids,
+            device=device,
+        )
+    if spec.head == COLBERT:
+        rules = spec.info.colbert
+        assert rules is not None and len(spec.dense) == 1
+        return TorchColbertBackend(
+            model,
+            projection=load_projection(spec.dense[0]),
+            expansion_id=rules.expansion_id,
+            attend_expansion=rules.attend_expansion,
             pad_token_id=pad_id,
             uses_token_type_ids=spec.rules.uses_token_type_ids,
             device=device,
