@@ -11,7 +11,7 @@ $(BIN)/activate:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-.PHONY: install install-test serve test test-cluster lint bench bench-rerank bench-frontend \
+.PHONY: install install-test serve test test-cluster test-several lint bench bench-rerank bench-frontend \
 	bench-file-job bench-ray
 install: $(BIN)/activate
 	$(BIN)/pip install -q "$(TORCH)"
@@ -37,6 +37,10 @@ CLUSTER_DP2 := tests/e2e/test_faults.py
 # 2 Ray Serve replicas (tests/ray/ray_local.py: one local Ray on loopback per run).
 CLUSTER_RAY := tests/contract/test_embeddings.py tests/contract/test_score.py \
 	tests/contract/test_rerank.py
+# Every test server beside three companion models, routed by `model`
+# (tests/fixtures/several.py): these in CI; `make test-several` runs the contract suite.
+SEVERAL := tests/contract/test_embeddings.py tests/contract/test_score.py \
+	tests/contract/test_rerank.py tests/contract/test_classify.py tests/contract/test_pooling.py
 
 # The soak runs 60 s here (120 s by default when run alone) to keep CI near 13 minutes.
 test: install-test lint
@@ -44,6 +48,10 @@ test: install-test lint
 	POOLSERVE_TEST_CLUSTER=api2 $(BIN)/python -m pytest -q $(CLUSTER_API2)
 	POOLSERVE_TEST_CLUSTER=dp2 $(BIN)/python -m pytest -q $(CLUSTER_DP2)
 	POOLSERVE_TEST_CLUSTER=rayserve2 $(BIN)/python -m pytest -q $(CLUSTER_RAY)
+	POOLSERVE_TEST_MODELS=several $(BIN)/python -m pytest -q $(SEVERAL)
+
+test-several: install-test
+	POOLSERVE_TEST_MODELS=several $(BIN)/python -m pytest -q tests/contract
 
 test-cluster: install-test
 	POOLSERVE_TEST_CLUSTER=api2 $(BIN)/python -m pytest -q tests/contract tests/e2e

@@ -99,8 +99,31 @@ def colbert(
     request: pytest.FixtureRequest, tiny: Callable[..., Path]
 ) -> Iterator[tuple[str, Path, Reference]]:
     path = tiny("colbert", layout=request.param)
-    with serve_in_thread(make_context(path, dtype="float32", backend="auto")) as url:
+    # --auto-truncate: the server accepts the layout's cut of the long document (DOCS[-1])
+    # as colbert-ai and PyLate make it; without it that is a 400 (the test below).
+    ctx = make_context(path, dtype="float32", backend="auto", auto_truncate=True)
+    with serve_in_thread(ctx) as url:
         yield url, path, Reference(path, request.param)
+
+
+def test_a_document_past_the_layout_length_is_cut_only_when_asked(
+    tiny: Callable[..., Path],
+) -> None:
+    path = tiny("colbert", layout="colbert-ir")
+    ref = Reference(path, "colbert-ir")
+    with serve_in_thread(make_context(path, dtype="float32")) as url:
+        resp = requests.post(url + "/pooling", json={"input": DOCS[-1]}, timeout=60)
+        assert resp.status_code == 400 and "document length, 24" in resp.text, resp.text
+        resp = requests.post(
+            url + "/score", json={"text_1": QUERIES[0], "text_2": DOCS[-1]}, timeout=60
+        )
+        assert resp.status_code == 400 and "truncate_prompt_tokens" in resp.text, resp.text
+        resp = requests.post(
+            url + "/pooling", json={"input": DOCS[-1], "truncate_prompt_tokens": -1}, timeout=60
+        )
+        np.testing.assert_allclose(
+            _rows(resp, "data")[0], ref.vectors(DOCS[-1], query=False), atol=1e-4
+        )
 
 
 def _rows(resp: requests.Response, key: str) -> list[np.ndarray]:

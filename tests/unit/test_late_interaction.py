@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from poolserve.engine.channel import read_submit, submit_frame
-from poolserve.errors import ModelLoadError
+from poolserve.errors import InvalidRequest, ModelLoadError
 from poolserve.models.base import TokenSeq
 from poolserve.models.colbert import COLBERT_IR, PYLATE, ColbertRules, read_colbert_layout
 from poolserve.models.late_interaction import (
@@ -43,7 +43,10 @@ def test_a_query_gets_its_marker_and_mask_augmentation() -> None:
     q = query_sequence(TokenSeq([CLS, 7, 8, SEP]), RULES)
     assert _ids(q) == [CLS, Q, 7, 8, SEP, MASK, MASK, MASK]
     assert q.per_token == QUERY and q.token_type_ids is None
-    long = query_sequence(TokenSeq([CLS, *range(10, 20), SEP], [0] * 12), RULES)
+    too_long = TokenSeq([CLS, *range(10, 20), SEP], [0] * 12)
+    with pytest.raises(InvalidRequest, match="query length, 8"):
+        query_sequence(too_long, RULES)  # nothing is cut unless asked
+    long = query_sequence(too_long, RULES, cut=True)
     assert _ids(long) == [CLS, Q, 10, 11, 12, 13, 14, SEP]  # held to 8, [SEP] kept
     assert long.token_type_ids is not None and long.token_type_ids.tolist() == [0] * 8
     plain = query_sequence(
@@ -56,7 +59,7 @@ def test_a_document_gets_its_marker_and_length() -> None:
     d = document_sequence(TokenSeq([CLS, 7, DOT, SEP]), RULES)
     assert _ids(d) == [CLS, D, 7, DOT, SEP] and d.per_token == "hidden"
     # no [SEP] at the end (token ids sent without special tokens): a plain cut
-    assert _ids(document_sequence(TokenSeq([CLS, *range(10, 20)]), RULES)) == [
+    assert _ids(document_sequence(TokenSeq([CLS, *range(10, 20)]), RULES, cut=True)) == [
         CLS,
         D,
         10,

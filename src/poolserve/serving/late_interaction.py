@@ -58,11 +58,12 @@ def refuse_input_type(ctx: ServingContext, req: Any) -> None:
 
 
 def as_query_or_document(
-    rules: ColbertRules, seqs: list[TokenSeq], *, query: bool
+    rules: ColbertRules, seqs: list[TokenSeq], *, query: bool, cut: bool
 ) -> list[TokenSeq]:
-    """``seqs`` with the layout's marker, length and (queries) augmentation."""
+    """``seqs`` with the layout's marker, length and (queries) augmentation; one longer
+    than the layout's length is cut there only when ``cut``, else a 400."""
     mark = query_sequence if query else document_sequence
-    return [mark(s, rules) for s in seqs]
+    return [mark(s, rules, cut=cut) for s in seqs]
 
 
 async def token_vectors(
@@ -113,7 +114,11 @@ async def colbert_pooling(
     check_priority(req)
     if seqs is None:
         seqs = await sequences_for(ctx, req, "embedding generation")
-    marked = as_query_or_document(rules, seqs, query=kind == "query")
+    cut = (
+        getattr(req, "truncate_prompt_tokens", None) is not None
+        or ctx.processor.rules.auto_truncate
+    )
+    marked = as_query_or_document(rules, seqs, query=kind == "query", cut=cut)
     rows = await token_vectors(ctx, marked, normalize=normalize)
     return rows, usage(marked)
 
@@ -133,9 +138,12 @@ async def maxsim_pairs(
     queries = list(dict.fromkeys(firsts))
     documents = list(dict.fromkeys(seconds))
     kwargs = {"truncate_prompt_tokens": truncate, "purpose": "score", "truncation_side": side}
-    q_seqs = as_query_or_document(rules, await ctx.tokenizer.texts(queries, **kwargs), query=True)
+    cut = truncate is not None or ctx.processor.rules.auto_truncate
+    q_seqs = as_query_or_document(
+        rules, await ctx.tokenizer.texts(queries, **kwargs), query=True, cut=cut
+    )
     d_seqs = as_query_or_document(
-        rules, await ctx.tokenizer.texts(documents, **kwargs), query=False
+        rules, await ctx.tokenizer.texts(documents, **kwargs), query=False, cut=cut
     )
     # Queries and documents go through the engine as one submission: one batch plan.
     rows = await token_vectors(ctx, [*q_seqs, *d_seqs])
