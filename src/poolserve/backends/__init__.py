@@ -87,9 +87,9 @@ def candidates(spec: ModelSpec, cfg: ModelConfig) -> list[str]:
         return [cfg.backend]
     on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not gpu_visible())
     if on_cpu and importlib.util.find_spec("openvino") is not None:
-        from .openvino import supports
+        from .openvino import precision_problem, supports
 
-        reason = supports(spec)
+        reason = supports(spec) or precision_problem(cfg.dtype)
         if reason is None:
             return ["openvino", "torch"]
         log.info("backend auto: torch (%s)", reason)

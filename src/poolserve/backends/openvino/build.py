@@ -31,7 +31,7 @@ from ...models.spec import ModelSpec
 from .. import Runnable
 from ..cache import cached, export_cached
 from ..exported import ExportedBackend
-from . import supports
+from . import precision_problem, supports
 
 log = logging.getLogger("poolserve.models")
 
@@ -156,6 +156,12 @@ def build_openvino(spec: ModelSpec, cfg: ModelConfig) -> Runnable:
     if cfg.device not in ("auto", "cpu"):
         raise ModelLoadError(f"--backend openvino runs on the CPU, not --device {cfg.device}")
     dtype = resolve_dtype(cfg.dtype)
+    problem = precision_problem(dtype)
+    if problem is not None:
+        raise ModelLoadError(
+            f"--backend openvino --dtype {dtype}: {problem}; this CPU has none. Use "
+            "--dtype float32, or --backend torch (which emulates it, slowly)"
+        )
     recipe = {"openvino": ov.__version__, "graph_version": GRAPH_VERSION}
     folder, key = export_cached("openvino", spec, recipe, lambda f: _convert(spec, f))
     model = ov.Core().read_model(str(folder / "model.xml"))
