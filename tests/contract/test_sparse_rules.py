@@ -53,11 +53,16 @@ def test_bge_m3_lexical_task_rules(m3_url: str) -> None:
     assert post(m3_url, "/embed_sparse", {"inputs": []}).status_code == 400
 
 
-def test_bge_m3_keeps_the_hidden_state_outputs(m3_url: str) -> None:
+def test_bge_m3_token_embed_is_colbert_and_embed_all_hidden(m3_url: str) -> None:
+    """/pooling token_embed: the colbert vectors (BOS row out, as vLLM); TEI /embed_all:
+    every token's hidden state (as TEI answers an XLM-R). Values: parity/test_bge_m3.py."""
     raw = post(m3_url, "/pooling", {"input": "a b", "task": "token_embed", "normalize": False})
     assert raw.status_code == 200, raw.text
     rows = raw.json()["data"][0]["data"]
-    assert len(rows) == 5 and len(rows[0]) == 32  # every token (specials too), hidden size
+    assert len(rows) == 4 and len(rows[0]) == 32  # "a b" is 5 tokens; colbert_linear's width
     every = post(m3_url, "/embed_all", {"inputs": "a b"})
     assert every.status_code == 200, every.text
-    assert every.json()[0] == rows
+    assert len(every.json()[0]) == 5 and every.json()[0][1:] != rows
+    body = {"input": "a", "task": "token_embed"}
+    assert_error(post(m3_url, "/pooling", {**body, "dimensions": 8}), 400, param="dimensions")
+    assert_error(post(m3_url, "/pooling", {**body, "activation": True}), 400, param="activation")

@@ -9,8 +9,13 @@ pooling and Normalize, ``sparse_linear.pt``, ``colbert_linear.pt``) is served:
   relu(sparse_linear(h)) per token, BOS and EOS rows dropped;
 - TEI /embed_sparse: FlagEmbedding's lexical weights (CLS, EOS, PAD, UNK ids and zeros
   dropped, the max per token id) as ``{"index", "value"}`` pairs;
+- /pooling ``task: "token_embed"``: the colbert vectors, normalize(colbert_linear(h))
+  of every token but the BOS (EOS kept), as vLLM 0.33 and FlagEmbedding; TEI
+  /embed_all stays the raw hidden states; /score stays cosine of the dense vectors;
 - vLLM's launch line (--hf-overrides architectures BgeM3EmbeddingModel, --pooler-config
-  task token_classify) serves the same.
+  task token_classify) serves the same; with task token_embed, /pooling's default and
+  /v1/embeddings are the colbert vectors and /score, /rerank their MaxSim (summed over
+  query vectors, not divided: vLLM's score).
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ class Reference:
         self.model = AutoModel.from_pretrained(str(path), dtype=torch.float32).eval()
         self.sparse = torch.nn.Linear(self.model.config.hidden_size, 1)
         self.sparse.load_state_dict(torch.load(path / "sparse_linear.pt", weights_only=True))
+        colbert = torch.load(path / "colbert_linear.pt", weights_only=True)
+        self.colbert = torch.nn.Linear(*reversed(colbert["weight"].shape))
+        self.colbert.load_state_dict(colbert)
 
     @torch.inference_mode()
     def run(self, text: str) -> tuple[list[int], np.ndarray, np.ndarray]:
@@ -51,6 +59,24 @@ class Reference:
         dense = torch.nn.functional.normalize(hidden[0], dim=-1)
         weights = torch.relu(self.sparse(hidden)).squeeze(-1)
         return ids, dense.numpy(), weights.numpy()
+
+    @torch.inference_mode()
+    def hidden(self, text: str) -> np.ndarray:
+        """The last hidden state of every token, raw."""
+        ids = self.tok(text)["input_ids"]
+        return self.model(input_ids=torch.tensor([ids])).last_hidden_state[0].numpy()
+
+    @torch.inference_mode()
+    def colbert_vecs(self, text: str, normalize: bool = True) -> np.ndarray:
+        """FlagEmbedding's colbert vectors: colbert_linear over every token but the first
+        (the BOS / CLS), L2-normalized per token."""
+        vecs = self.colbert(torch.from_numpy(self.hidden(text))[1:])
+        return (torch.nn.functional.normalize(vecs, dim=-1) if normalize else vecs).numpy()
+
+    def maxsim(self, query: str, doc: str) -> float:
+        """Sum over the query's vectors of the best dot product with a document vector."""
+        sims = self.colbert_vecs(query) @ self.colbert_vecs(doc).T
+        return float(sims.max(axis=1).sum())
 
     def lexical(self, text: str) -> dict[int, float]:
         """FlagEmbedding's lexical weights, computed here: special ids and zeros out,
@@ -143,3 +169,87 @@ def test_the_architecture_needs_its_sparse_head(tiny: Callable[..., Path]) -> No
         make_context(tiny("st", "xlm-roberta", pooling="cls"), hf_overrides=OVERRIDE)
     with pytest.raises(ModelLoadError, match="XLM-RoBERTa"):
         make_context(tiny("st"), hf_overrides=OVERRIDE)
+
+
+def test_token_embed_is_the_colbert_vectors(m3: str, ref: Reference) -> None:
+    body = _post(m3, "/pooling", {"input": TEXTS, "task": "token_embed"})
+    for text, item in zip(TEXTS, body["data"], strict=True):
+        ids = ref.tok(text)["input_ids"]
+        assert ids[0] == ref.tok.bos_token_id and ids[-1] == ref.tok.eos_token_id
+        assert len(item["data"]) == len(ids) - 1  # BOS out, EOS kept
+        np.testing.assert_allclose(item["data"], ref.colbert_vecs(text), atol=1e-4)
+    assert body["usage"]["prompt_tokens"] == sum(len(ref.tok(t)["input_ids"]) for t in TEXTS)
+    raw = _post(m3, "/pooling", {"input": TEXTS[0], "task": "token_embed", "normalize": False})
+    np.testing.assert_allclose(raw["data"][0]["data"], ref.colbert_vecs(TEXTS[0], False), atol=1e-4)
+    # TEI's /embed_all stays what TEI gives for an XLM-R: every token's raw hidden state.
+    hidden = requests.post(m3 + "/embed_all", json={"inputs": TEXTS[0]}, timeout=60).json()
+    np.testing.assert_allclose(hidden[0], ref.hidden(TEXTS[0]), atol=1e-4)
+    # Without --pooler-config task token_embed, /score is cosine of the dense vectors.
+    score = _post(m3, "/score", {"text_1": TEXTS[0], "text_2": TEXTS[1]})["data"][0]["score"]
+    assert score == pytest.approx(float(ref.run(TEXTS[0])[1] @ ref.run(TEXTS[1])[1]), abs=1e-4)
+
+
+def test_served_as_token_embed_scores_by_maxsim(m3_dir: Path, ref: Reference) -> None:
+    """vLLM's launch line for bge-m3's colbert vectors: --pooler-config task
+    token_embed. /score and /rerank give MaxSim, not divided by the query's length."""
+    ctx = make_context(
+        m3_dir, hf_overrides=OVERRIDE, override_pooler_config={"task": "token_embed"}
+    )
+    assert ctx.info.multi_vectors is not None and ctx.info.pooling_task == "token_embed"
+    docs = [*TEXTS, "the mat"]
+    with serve_in_thread(ctx) as url:
+        got = _post(url, "/pooling", {"input": TEXTS[0]})["data"][0]["data"]
+        np.testing.assert_allclose(got, ref.colbert_vecs(TEXTS[0]), atol=1e-4)
+        emb = _post(url, "/v1/embeddings", {"input": TEXTS[1]})["data"][0]["embedding"]
+        np.testing.assert_allclose(emb, ref.colbert_vecs(TEXTS[1]), atol=1e-4)
+        body = _post(url, "/score", {"text_1": TEXTS[0], "text_2": docs})
+        want = [ref.maxsim(TEXTS[0], d) for d in docs]
+        np.testing.assert_allclose([d["score"] for d in body["data"]], want, atol=1e-4)
+        assert max(want) > 1.5  # a sum over query vectors, not their mean
+        lens = [len(ref.tok(t)["input_ids"]) for t in docs]
+        assert body["usage"]["prompt_tokens"] == sum(lens) + len(docs) * lens[0]
+        pairs = _post(url, "/score", {"text_1": docs[:2], "text_2": docs[2:]})["data"]
+        want_nn = [ref.maxsim(docs[0], docs[2]), ref.maxsim(docs[1], docs[3])]
+        np.testing.assert_allclose([d["score"] for d in pairs], want_nn, atol=1e-4)
+        ranked = _post(url, "/rerank", {"query": TEXTS[0], "documents": docs})["results"]
+        assert [r["index"] for r in ranked] == sorted(range(len(docs)), key=lambda i: -want[i])
+        np.testing.assert_allclose(
+            [r["relevance_score"] for r in ranked], sorted(want, reverse=True), atol=1e-4
+        )
+
+
+def test_colbert_vectors_need_colbert_linear(tiny: Callable[..., Path]) -> None:
+    """A bge-m3 folder without colbert_linear.pt: token_embed is a 400 naming the file;
+    serving that task (or vLLM's architecture, which loads both heads) does not load."""
+    bare = tiny("bge-m3", colbert=False)
+    with pytest.raises(ModelLoadError, match=r"colbert_linear\.pt"):
+        make_context(bare, override_pooler_config={"task": "token_embed"})
+    with pytest.raises(ModelLoadError, match=r"colbert_linear\.pt"):
+        make_context(bare, hf_overrides=OVERRIDE)
+    with serve_in_thread(make_context(bare, backend="auto")) as url:
+        resp = requests.post(
+            url + "/pooling", json={"input": "a", "task": "token_embed"}, timeout=60
+        )
+        assert resp.status_code == 400 and "colbert_linear.pt" in resp.text, resp.text
+        assert _post(url, "/pooling", {"input": "a", "task": "token_classify"})["data"]
+
+
+def test_one_forward_gives_dense_lexical_and_colbert_rows(m3_dir: Path, ref: Reference) -> None:
+    """The torch backend answers a batch mixing the three outputs in one forward."""
+    from poolserve.backends.torch.build import build_torch
+    from poolserve.config import ModelConfig
+    from poolserve.models.base import Batch, TokenSeq
+    from poolserve.models.spec import describe
+
+    cfg = ModelConfig(model=str(m3_dir), dtype="float32", backend="torch")
+    backend = build_torch(describe(cfg), cfg).backend
+    ids = [ref.tok(t)["input_ids"] for t in TEXTS]
+    modes = ["", "head", "colbert"]
+    seqs = [TokenSeq(i, per_token=m) for i, m in zip(ids, modes, strict=True)]
+    out = backend.forward(Batch(seqs))
+    np.testing.assert_allclose(out[0], ref.hidden(TEXTS[0])[0], atol=1e-4)  # CLS, raw
+    with torch.inference_mode():  # the lexical logits: serving applies the relu
+        logits = ref.sparse(torch.from_numpy(ref.hidden(TEXTS[1]))).numpy()
+    np.testing.assert_allclose(out[1], logits, atol=1e-4)
+    raw = ref.colbert_vecs(TEXTS[2], normalize=False)
+    np.testing.assert_allclose(out[2][1:], raw, atol=1e-4)  # serving drops the BOS row

@@ -37,9 +37,12 @@ def test_pairs_keep_the_max_per_id_without_specials_or_zeros() -> None:
     assert pairs_of(row, ids, LEX) == [{"index": 7, "value": 0.75}]
 
 
-def _folder(tmp_path: Path, sparse: bool) -> Path:
+def _folder(tmp_path: Path, sparse: bool, colbert: bool = True) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     if sparse:
         (tmp_path / "sparse_linear.pt").write_bytes(b"")
+    if colbert:
+        (tmp_path / "colbert_linear.pt").write_bytes(b"")
     return tmp_path
 
 
@@ -60,7 +63,27 @@ def test_found_from_the_files_or_the_override(tmp_path: Path) -> None:
 def test_the_override_without_the_file_is_refused(tmp_path: Path) -> None:
     named = SimpleNamespace(model_type="xlm-roberta", architectures=[ARCHITECTURE])
     with pytest.raises(ModelLoadError, match=r"sparse_linear\.pt"):
-        find_lexical_head([_folder(tmp_path, sparse=False)], named)
+        find_lexical_head([_folder(tmp_path / "a", sparse=False)], named)
+    # vLLM loads both heads and finds no weights without either file
+    no_colbert = _folder(tmp_path / "b", sparse=True, colbert=False)
+    with pytest.raises(ModelLoadError, match=r"colbert_linear\.pt"):
+        find_lexical_head([no_colbert], named)
+    xlmr = SimpleNamespace(model_type="xlm-roberta", architectures=["XLMRobertaModel"])
+    assert find_lexical_head([no_colbert], xlmr) == no_colbert / "sparse_linear.pt"
+
+
+def test_pooler_task_token_embed_serves_the_colbert_vectors(tmp_path: Path) -> None:
+    d = _folder(tmp_path, sparse=True)
+    xlmr = SimpleNamespace(model_type="xlm-roberta", architectures=["XLMRobertaModel"])
+    pooler = read_pooler_config({"task": "token_embed", "normalize": False})
+    assert pooler.task == "embed" and pooler.vllm_task == "token_embed"
+    dense, head = lexical_pooler(pooler, [d], xlmr)
+    assert dense.task == "embed" and dense.use_activation is None
+    assert head is not None and head.pooling_task == "token_embed"
+    assert head.use_activation is False and head.colbert_linear == d / "colbert_linear.pt"
+    (d / "colbert_linear.pt").unlink()
+    with pytest.raises(ModelLoadError, match=r"colbert_linear\.pt"):
+        lexical_pooler(pooler, [d], xlmr)
 
 
 def test_pooler_task_token_classify_is_the_lexical_default(tmp_path: Path) -> None:

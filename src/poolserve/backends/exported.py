@@ -31,8 +31,10 @@ def exportable(spec: ModelSpec, runtime: str) -> str | None:
         kinds = {SPARSE: "sparse (SPLADE)", COLBERT: "late-interaction (ColBERT)"}
         kind = kinds.get(spec.head, "per-token (reward)")
         return f"{runtime} runs encoders; {kind} models run on the torch backend"
-    if spec.token_head is not None:
-        return f"{runtime} runs encoders without bge-m3's lexical head; they run on torch"
+    if spec.bge_m3 is not None:
+        return (
+            f"{runtime} runs encoders without bge-m3's lexical and colbert heads; they run on torch"
+        )
     if spec.trust_remote_code:
         return f"{runtime}: models with custom code (--trust-remote-code) run on torch"
     for dense in spec.dense:

@@ -27,7 +27,7 @@ from ..models.base import TokenSeq
 SUBMIT, CANCEL, RESULT, ERROR = 1, 2, 3, 4
 
 _HEAD = struct.Struct("<IBQ")  # length, kind, id
-_PER_TOKEN = ("", "hidden", "head", "query")
+_PER_TOKEN = ("", "hidden", "head", "query", "colbert")
 _MAX_FRAME = 1 << 31
 
 

@@ -26,8 +26,9 @@ class TokenSeq:
     ``per_token`` asks for per-token rows instead of the pooled output: ``hidden``
     (the last hidden states: /pooling ``token_embed``) or ``head`` (the classifier head
     on every token: ``token_classify``) or ``query`` (a ColBERT query: its trailing
-    [MASK] augmentation is not attended to, see models/late_interaction.py); empty for
-    the pooled output.
+    [MASK] augmentation is not attended to, see models/late_interaction.py) or
+    ``colbert`` (bge-m3's ``colbert_linear`` on every token, see :class:`MultiVectors`);
+    empty for the pooled output.
     """
 
     token_ids: np.ndarray  # int32 [n]; any int sequence given is converted
@@ -103,6 +104,21 @@ class LexicalWeights:
 
 
 @dataclass(frozen=True)
+class MultiVectors:
+    """bge-m3's ColBERT head (``colbert_linear.pt``) as the serving layer needs it.
+
+    The backend gives ``colbert_linear(hidden)`` of every real token (per_token
+    ``colbert``, not normalized); serving drops the first row when it is
+    ``bos_token_id`` (vLLM 0.33 and FlagEmbedding both leave the CLS / BOS vector out
+    and keep the EOS one) and L2-normalizes each row unless the request's switch (default
+    ``normalize``) is off. MaxSim over these rows needs no markers or skiplist.
+    """
+
+    bos_token_id: int | None
+    normalize: bool = True  # the normalize / use_activation default (--pooler-config)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """Facts about the served model that the serving layer needs (no tensors).
 
@@ -142,6 +158,9 @@ class ModelInfo:
     pooling_task: str | None = None
     # bge-m3's lexical weights (token_classify, TEI /embed_sparse); None: no such head
     lexical: LexicalWeights | None = None
+    # bge-m3's colbert vectors (token_embed); None: no colbert_linear.pt. With
+    # ``pooling_task == "token_embed"`` /v1/embeddings answers them and /score MaxSim.
+    multi_vectors: MultiVectors | None = None
     # a late-interaction (ColBERT) model's markers, lengths and skiplist; else None
     colbert: ColbertRules | None = None
 

@@ -50,6 +50,9 @@ class PoolerSettings:
     """--pooler-config, checked. None means "the model's own default"."""
 
     task: str | None = None  # poolserve's task name (TASKS values)
+    # vLLM's name as given: "token_embed" reads as task "embed", and bge-m3 tells them
+    # apart (models/bge_m3.py: its colbert vectors become the served task)
+    vllm_task: str | None = None
     seq_pooling: str | None = None  # a sentence-transformers mode: cls, mean, lasttoken, max
     tok_pooling: str | None = None  # ALL or STEP
     use_activation: bool | None = None
@@ -170,8 +173,10 @@ def read_pooler_config(raw: dict[str, Any] | None) -> PoolerSettings:
     if sigma == 0:
         raise _fail("logit_sigma", "cannot be 0 (division by zero)")
     _bool(raw, "enable_flash_late_interaction")  # checked; a GPU kernel switch, no effect
+    task = _task(raw)
     return PoolerSettings(
-        task=_task(raw),
+        task=task,
+        vllm_task=raw["task"] if task is not None else None,
         seq_pooling=seq,
         tok_pooling=tok,
         use_activation=_switch(raw),

@@ -21,7 +21,7 @@ from typing import Any
 from ..config import ModelConfig
 from ..errors import ModelLoadError
 from .base import CLASSIFIER, EMBEDDING, SPARSE, TOKENS, InputRules, ModelInfo
-from .bge_m3 import lexical_pooler, with_lexical
+from .bge_m3 import M3Heads, lexical_pooler, with_lexical
 from .colbert import read_colbert_layout
 from .heads import is_multi_label, label_names, num_labels, resolve_score_activation
 from .pooler_config import KEYS as POOLER_KEYS
@@ -100,9 +100,9 @@ class ModelSpec:
     # SPLADE: the activation before pooling (relu | log1p_relu), vLLM's ends rule (sparse.py)
     sparse_activation: str | None = None
     sparse_drop_ends: bool = False
-    # bge-m3's sparse_linear.pt: a Linear state dict run on every token for per-token
-    # ``head`` rows (its lexical weights; see bge_m3.py).
-    token_head: Path | None = None
+    # bge-m3's heads (sparse_linear.pt, colbert_linear.pt): Linear state dicts run on
+    # every token for per-token ``head`` / ``colbert`` rows (see bge_m3.py).
+    bge_m3: M3Heads | None = None
     trust_remote_code: bool = False
 
     @property
@@ -500,6 +500,6 @@ def describe(cfg: ModelConfig) -> ModelSpec:
         returned_token_ids=tuple(returned) if returned is not None else None,
         decoder_head=decoder_head,
         score_activation=score_activation,
-        token_head=lexical.sparse_linear if lexical is not None else None,
+        bge_m3=lexical,
         trust_remote_code=cfg.trust_remote_code,
     )

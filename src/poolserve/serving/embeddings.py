@@ -25,6 +25,7 @@ from .context import (
     usage,
 )
 from .late_interaction import colbert_pooling, is_late_interaction, refuse_input_type
+from .multi_vector import multi_vector_pooling, serves_multi_vectors
 from .prompts import sequences_for
 from .tokens import (
     PER_TOKEN_TASKS,
@@ -264,6 +265,10 @@ async def create_embeddings(ctx: ServingContext, req: EmbeddingRequest, request_
     model = ctx.model_name(req.model)
     if is_late_interaction(ctx):  # vLLM answers a token_embed model with token matrices
         rows, used = await colbert_pooling(ctx, req)
+        return await _answer(req, rows, used, f"embd-{request_id}", model, "embedding")
+    if serves_multi_vectors(ctx):  # bge-m3 served as token_embed: its colbert vectors
+        refuse_input_type(ctx, req)
+        rows, used = await multi_vector_pooling(ctx, req, None, model)
         return await _answer(req, rows, used, f"embd-{request_id}", model, "embedding")
     vectors, used = await embed(ctx, req, model)
     return await _answer(req, vectors, used, f"embd-{request_id}", model, "embedding")

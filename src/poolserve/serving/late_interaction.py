@@ -10,6 +10,9 @@ Promises:
   documents as documents (models/late_interaction.py), each distinct text once, and
   score each pair by MaxSim over normalized rows, the document's skiplist tokens
   left out; usage counts the tokens the model saw for both texts of every pair;
+- bge-m3 served as token_embed (:func:`scores_by_maxsim`) is scored the same way over
+  its colbert vectors (serving/multi_vector.py), both texts as plain prompts (no
+  markers, no skiplist), the sum not divided by the query's length (vLLM's score);
 - a pooled output (``task: "embed"``, ``dimensions``) is a 400 naming what the model
   lacks; ``input_type`` sent to any other model is a 400 naming what it lacks.
 """
@@ -27,6 +30,7 @@ from ..models.late_interaction import document_sequence, maxsim, query_sequence,
 from ..models.post import finish_embeddings
 from ..protocol.embeddings import EmbeddingRequest
 from .context import ServingContext, check_priority, resolve_switch, usage
+from .multi_vector import multi_vector_rows, serves_multi_vectors
 from .prompts import sequences_for
 
 INPUT_TYPES = ("query", "document")
@@ -35,6 +39,12 @@ INPUT_TYPES = ("query", "document")
 def is_late_interaction(ctx: ServingContext) -> bool:
     """True when the served model is a late-interaction (ColBERT) model."""
     return ctx.info.head == COLBERT
+
+
+def scores_by_maxsim(ctx: ServingContext) -> bool:
+    """True when /score and /rerank answer MaxSim: a ColBERT model, or bge-m3 served
+    as token_embed (vLLM scores every token_embed model by late interaction)."""
+    return is_late_interaction(ctx) or serves_multi_vectors(ctx)
 
 
 def _rules(ctx: ServingContext) -> ColbertRules:
@@ -131,24 +141,30 @@ async def maxsim_pairs(
     truncate: int | None,
     side: str | None,
 ) -> tuple[np.ndarray, int, list[TokenSeq], list[tuple[int, int]]]:
-    """MaxSim of each (query, document) pair: float32 scores, the tokens the model saw,
-    the marked sequences (queries first, then documents) and each pair's two indexes
-    into them."""
-    rules = _rules(ctx)
+    """MaxSim of each (query, document) pair (:func:`scores_by_maxsim` models): float32
+    scores, the tokens the model saw, the sequences (queries first, then documents;
+    ColBERT: marked) and each pair's two indexes into them."""
     queries = list(dict.fromkeys(firsts))
     documents = list(dict.fromkeys(seconds))
     kwargs = {"truncate_prompt_tokens": truncate, "purpose": "score", "truncation_side": side}
-    cut = truncate is not None or ctx.processor.rules.auto_truncate
-    q_seqs = as_query_or_document(
-        rules, await ctx.tokenizer.texts(queries, **kwargs), query=True, cut=cut
-    )
-    d_seqs = as_query_or_document(
-        rules, await ctx.tokenizer.texts(documents, **kwargs), query=False, cut=cut
-    )
-    # Queries and documents go through the engine as one submission: one batch plan.
-    rows = await token_vectors(ctx, [*q_seqs, *d_seqs])
+    q_seqs = await ctx.tokenizer.texts(queries, **kwargs)
+    d_seqs = await ctx.tokenizer.texts(documents, **kwargs)
+    if is_late_interaction(ctx):  # ColBERT: markers, projection, skiplist
+        rules = _rules(ctx)
+        cut = truncate is not None or ctx.processor.rules.auto_truncate
+        q_seqs = as_query_or_document(rules, q_seqs, query=True, cut=cut)
+        d_seqs = as_query_or_document(rules, d_seqs, query=False, cut=cut)
+        # Queries and documents go through the engine as one submission: one batch plan.
+        rows = await token_vectors(ctx, [*q_seqs, *d_seqs])
+        d_rows = [
+            scoring_rows(r, s, rules) for r, s in zip(rows[len(q_seqs) :], d_seqs, strict=True)
+        ]
+    else:  # bge-m3: plain prompts, colbert vectors with the model's normalization
+        assert ctx.info.multi_vectors is not None
+        normalize = ctx.info.multi_vectors.normalize
+        rows = await multi_vector_rows(ctx, [*q_seqs, *d_seqs], normalize=normalize)
+        d_rows = rows[len(q_seqs) :]
     q_rows = rows[: len(q_seqs)]
-    d_rows = [scoring_rows(r, s, rules) for r, s in zip(rows[len(q_seqs) :], d_seqs, strict=True)]
     q_at = {t: i for i, t in enumerate(queries)}
     d_at = {t: i for i, t in enumerate(documents)}
     pairs = [(q_at[a], d_at[b]) for a, b in zip(firsts, seconds, strict=True)]

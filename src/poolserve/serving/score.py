@@ -8,7 +8,8 @@ Promises:
 - an embedding model embeds each distinct text of the request once and scores by
   cosine similarity; an activation switch is a 400 there;
 - a late-interaction (ColBERT) model scores by MaxSim of the texts' per-token vectors
-  (serving/late_interaction.py), ``text_1`` as queries, ``text_2`` as documents;
+  (serving/late_interaction.py), ``text_1`` as queries, ``text_2`` as documents; so
+  does bge-m3 served as token_embed (--pooler-config), over its colbert vectors;
 - every pair goes through the engine as its own sequence, so a large rerank is split
   into batches by the token budget like any other traffic;
 - ``usage`` sums the pair token counts (cross-encoder: the tokenized pair; embedding
@@ -30,7 +31,7 @@ from ..protocol.score import RerankRequest, ScoreRequest
 from .classify import activation_flag, classifier_logits
 from .context import ServingContext, check_priority, dump_json, token_usage
 from .embeddings import embed_sequences
-from .late_interaction import is_late_interaction, maxsim_pairs
+from .late_interaction import maxsim_pairs, scores_by_maxsim
 
 _PURPOSE = "score"
 
@@ -109,7 +110,7 @@ async def score_pairs(
                 "similarities (late-interaction models: MaxSim)",
                 param=name,
             )
-    if is_late_interaction(ctx):  # per-token vectors: MaxSim
+    if scores_by_maxsim(ctx):  # per-token vectors: MaxSim
         scores, tokens, seqs, rows = await maxsim_pairs(
             ctx, firsts, seconds, truncate=truncate, side=side
         )

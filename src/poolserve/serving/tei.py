@@ -129,7 +129,9 @@ async def embed_all(ctx: ServingContext, req: TeiEmbedAllRequest) -> bytes:
     seqs = await sequences(
         ctx, inputs, truncate=req.truncate, side=req.side(), prompt_name=req.prompt_name
     )
-    rows, _ = await per_token_output(ctx, PoolingRequest(task="token_embed", normalize=False), seqs)
+    # bge-m3: the hidden states as TEI gives them for its XLM-R, not the colbert vectors
+    raw = PoolingRequest(task="token_embed", normalize=False)
+    rows, _ = await per_token_output(ctx, raw, seqs, hidden_states=True)
     return await dump_json(rows, floats=sum(r.size for r in rows))
 
 

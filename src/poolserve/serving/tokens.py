@@ -7,7 +7,8 @@ Promises:
   a softmax over each row; the other switches are a 400;
 - ``task: "token_embed"`` (models listing it in ``ModelInfo.token_tasks``) gives every
   token's last hidden state, L2-normalized unless ``normalize`` is false (a ColBERT
-  model: its projected token vectors, serving/late_interaction.py);
+  model: its projected token vectors, serving/late_interaction.py; bge-m3: its colbert
+  vectors, serving/multi_vector.py, unless the caller asks for hidden states);
 - ``task: "token_classify"`` on a decoder classifier gives its head on every token,
   with the classification activation per row unless ``activation`` is false; on
   bge-m3 its lexical weights, one per token (serving/lexical.py);
@@ -37,6 +38,7 @@ from .context import (
 )
 from .late_interaction import colbert_pooling, is_late_interaction
 from .lexical import token_rows
+from .multi_vector import multi_vector_pooling
 from .prompts import sequences_for
 
 PER_TOKEN_TASKS = ("token_embed", "token_classify")
@@ -100,14 +102,21 @@ async def per_token_output(
     req: PoolingRequest,
     seqs: list[TokenSeq] | None = None,
     model: str | None = None,
+    *,
+    hidden_states: bool = False,
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """``token_embed`` / ``token_classify`` rows per input (in order), and usage.
-    ``token_embed`` rows are cut to ``dimensions`` (matryoshka) before normalizing."""
+    ``token_embed`` rows are cut to ``dimensions`` (matryoshka) before normalizing.
+    ``hidden_states``: bge-m3's ``token_embed`` gives the encoder's hidden states rather
+    than its colbert vectors (TEI /embed_all, as TEI answers any XLM-R)."""
     task = req.task
     assert task in PER_TOKEN_TASKS
     if is_late_interaction(ctx) and task == "token_embed":
         # a ColBERT model's token vectors: marked inputs, its projection (TEI /embed_all)
         return await colbert_pooling(ctx, req, seqs)
+    if task == "token_embed" and ctx.info.lexical is not None and not hidden_states:
+        # bge-m3: vLLM's BgeM3EmbeddingModel answers token_embed with colbert vectors
+        return await multi_vector_pooling(ctx, req, seqs, model)
     check_pooling_task(ctx, task, "classify" if ctx.info.head == CLASSIFIER else "embed")
     check_priority(req)
     dimensions = None

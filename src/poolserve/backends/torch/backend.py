@@ -101,6 +101,7 @@ class TorchEmbeddingBackend(TorchBackend):
         pooling_modes: tuple[str, ...],
         dense: Sequence[nn.Module] = (),
         token_head: nn.Module | None = None,
+        colbert_head: nn.Module | None = None,
         pad_token_id: int = 0,
         uses_token_type_ids: bool = False,
         device: torch.device,
@@ -120,6 +121,8 @@ class TorchEmbeddingBackend(TorchBackend):
         # bge-m3's sparse_linear: run in float32 on every token's hidden state, as the
         # Dense layers are (a float16 model's weights would round the lexical weights).
         self.token_head = token_head.to(device).float().eval() if token_head else None
+        # bge-m3's colbert_linear: float32 too (its rows are normalized per request).
+        self.colbert_head = colbert_head.to(device).float().eval() if colbert_head else None
 
     @torch.inference_mode()
     def forward(self, batch: Batch) -> np.ndarray | list[np.ndarray]:
@@ -127,8 +130,9 @@ class TorchEmbeddingBackend(TorchBackend):
 
         A sequence with ``per_token`` gets its per-token rows ``[num_tokens, width]``
         instead (``hidden``: the hidden states; ``head``: ``token_head`` when there is
-        one, else the post-pooling modules, on every token), and the batch's outputs
-        are then a list.
+        one, else the post-pooling modules, on every token; ``colbert``:
+        ``colbert_head`` on every token), and the batch's outputs are then a list. One
+        forward serves a batch mixing these (dense, lexical and colbert requests).
         """
         inputs = self._tensors(batch)
         hidden = self.model(**inputs).last_hidden_state
@@ -153,6 +157,10 @@ class TorchEmbeddingBackend(TorchBackend):
             head = self.token_head if self.token_head is not None else self.dense
             if seq.per_token == "head" and head is not None:
                 tokens = head(tokens)
+            elif seq.per_token == "colbert":
+                if self.colbert_head is None:  # serving asks only models that have one
+                    raise ValueError("this model has no colbert head (colbert_linear.pt)")
+                tokens = self.colbert_head(tokens)
             rows.append(tokens.cpu().numpy())
         return rows
 

@@ -8,6 +8,7 @@ in the backend of its head kind.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,21 +63,21 @@ def load_module(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> to
     return model.to(device).eval()
 
 
-def load_token_head(spec: ModelSpec) -> torch.nn.Linear:
-    """bge-m3's ``sparse_linear.pt``: a ``Linear(hidden, k)`` state dict (``weight``
-    ``[k, hidden]``, optional ``bias``), read without unpickling code."""
-    assert spec.token_head is not None
+def load_linear_head(path: Path, hf_config: Any) -> torch.nn.Linear:
+    """One of bge-m3's heads (``sparse_linear.pt``, ``colbert_linear.pt``): a
+    ``Linear(hidden, k)`` state dict (``weight`` ``[k, hidden]``, optional ``bias``),
+    read without unpickling code (``weights_only``)."""
     try:
-        state = torch.load(spec.token_head, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         weight = state["weight"]
         linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
         linear.load_state_dict(state)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load {spec.token_head} as a Linear layer: {exc}") from exc
-    hidden = int(getattr(spec.hf_config, "hidden_size", 0) or 0)
+        raise ModelLoadError(f"cannot load {path} as a Linear layer: {exc}") from exc
+    hidden = int(getattr(hf_config, "hidden_size", 0) or 0)
     if hidden and linear.in_features != hidden:
         raise ModelLoadError(
-            f"{spec.token_head}: {linear.in_features} inputs, the model's hidden size is {hidden}"
+            f"{path}: {linear.in_features} inputs, the model's hidden size is {hidden}"
         )
     return linear
 
@@ -167,11 +168,14 @@ def _backend(
             uses_token_type_ids=spec.rules.uses_token_type_ids,
             device=device,
         )
+    m3 = spec.bge_m3
+    colbert = m3.colbert_linear if m3 is not None else None
     return TorchEmbeddingBackend(
         model,
         pooling_modes=spec.pooling_modes,
         dense=[load_dense(d) for d in spec.dense],
-        token_head=load_token_head(spec) if spec.token_head is not None else None,
+        token_head=load_linear_head(m3.sparse_linear, spec.hf_config) if m3 else None,
+        colbert_head=load_linear_head(colbert, spec.hf_config) if colbert else None,
         pad_token_id=pad_id,
         uses_token_type_ids=spec.rules.uses_token_type_ids,
         device=device,
