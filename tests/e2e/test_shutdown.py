@@ -71,7 +71,9 @@ def all_admitted(url: str, futures: list[Any]) -> None:
 def test_signal_during_a_burst_finishes_accepted_work(
     tiny: Callable[..., Path], tmp_path: Path, signum: int
 ) -> None:
-    server = slow_server(tiny("st"), tmp_path / "srv", 0.25, "--shutdown-grace", "30")
+    # 0.4 s a forward: the burst's 24 forwards take ~10 s, so it is still draining when
+    # the late client knocks even on a loaded CI machine (0.25 s drained first once).
+    server = slow_server(tiny("st"), tmp_path / "srv", 0.4, "--shutdown-grace", "30")
     try:
         url = server.wait_healthy()
         resp = embed(url, TEXTS)
