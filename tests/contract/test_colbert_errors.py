@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import make_context, serve_in_thread
 from tests.contract.util import assert_error, ok, post
+from tests.fixtures.several import one_model
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +19,7 @@ def colbert_url(tiny: Callable[..., Path]) -> Iterator[str]:
         yield url
 
 
+@one_model
 def test_a_colbert_model_has_no_pooled_output(colbert_url: str) -> None:
     resp = post(colbert_url, "/pooling", {"input": "hi", "task": "embed"})
     assert_error(resp, 400, contains=("no pooled output", "token_embed"), param="task")
