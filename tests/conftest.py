@@ -137,7 +137,7 @@ def serve_in_thread(
     port = int(sock.getsockname()[1])
     served: ServingContext | ServedModels = ctx
     if several.MODE and isinstance(ctx, ServingContext):
-        served = ServedModels([ctx, *several.companions(ctx)])
+        served = ServedModels([ctx, *several.companions()])
     app = create_app(served, server)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     srv = uvicorn.Server(config)

@@ -1,5 +1,5 @@
-"""Prometheus metrics, one registry per server (so tests can build many apps); each
-series labelled with the model it is about.
+"""Prometheus metrics, one registry per served model (so tests can build many apps);
+/metrics merges a server's registries, each series labelled with its model.
 
 A multi-process server (``--api-server-count``, ``--data-parallel-size``) sets
 ``PROMETHEUS_MULTIPROC_DIR`` before it starts its children: every process then writes
@@ -40,14 +40,6 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.model = model
         self._families(self.registry)
-
-    def sibling(self, model: str) -> Metrics:
-        """Metrics for another model of the same server: the same families (so one
-        /metrics shows both), its own ``model`` label."""
-        other = object.__new__(Metrics)
-        other.__dict__.update(self.__dict__)
-        other.model = model
-        return other
 
     def _families(self, r: CollectorRegistry) -> None:
         self.requests = Counter(

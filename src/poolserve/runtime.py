@@ -160,18 +160,15 @@ def bounded_rules(rules: InputRules, config: Config) -> InputRules:
     return rules
 
 
-def build_context(
-    config: Config, *, cores: int | None = None, metrics_of: Metrics | None = None
-) -> ServingContext:
+def build_context(config: Config, *, cores: int | None = None) -> ServingContext:
     """Load the model of ``config`` and return a ready (not yet started) serving context,
-    its engine's threads sized for ``cores`` (default: every core this process may use);
-    its metrics beside ``metrics_of``'s when given (one server's models share them).
+    its engine's threads sized for ``cores`` (default: every core this process may use).
 
     Raises ModelLoadError with a one-line message when the model cannot be loaded.
     """
     loaded = load_model(config.model)
     names = served_names(config)
-    metrics = metrics_of.sibling(names[0]) if metrics_of is not None else Metrics(names[0])
+    metrics = Metrics(names[0])
     return ServingContext(
         engine=build_engine(config, loaded, cores=cores, observer=metrics),
         processor=InputProcessor(loaded.tokenizer, bounded_rules(loaded.rules, config)),

@@ -183,10 +183,8 @@ def test_score_and_rerank_are_maxsim(colbert: tuple[str, Path, Reference]) -> No
 
 
 def _multi_vector_encoder(path: Path) -> Any:
-    try:
-        from sentence_transformers.multi_vector_encoder import MultiVectorEncoder
-    except ImportError:
-        pytest.skip("sentence-transformers has no MultiVectorEncoder")
+    from sentence_transformers.multi_vector_encoder import MultiVectorEncoder
+
     return MultiVectorEncoder(str(path), device="cpu")
 
 
